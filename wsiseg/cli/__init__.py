@@ -1,0 +1,93 @@
+"""The ``wsiseg`` command line: one Typer command per module, errors mapped to exit codes here.
+
+Heavy imports (torch, openslide) happen inside the command bodies so ``wsiseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from wsiseg import __version__
+from wsiseg.errors import WsisegError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="wsiseg",
+    help="Federated, differentially private whole-slide segmentation (tumor / stroma / normal).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+_STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"wsiseg {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Federated, differentially private whole-slide segmentation (tumor / stroma / normal)."""
+    del version
+    _STATE["debug"] = debug
+
+
+def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command so a ``WsisegError`` prints one red line and exits with its code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except WsisegError as err:
+            if _STATE["debug"]:
+                raise
+            from wsiseg.cli._console import console  # noqa: PLC0415
+
+            console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+def _register() -> None:
+    from wsiseg.cli import info  # noqa: PLC0415
+
+    for name, func in [("info", info.info)]:
+        app.command(name)(_guard(func))
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except Exception as err:
+        if _STATE["debug"]:
+            raise
+        from wsiseg.cli._console import console  # noqa: PLC0415
+
+        console.print(
+            f"[bold red]internal error:[/] {type(err).__name__}: {escape(str(err))} "
+            "(rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(70)

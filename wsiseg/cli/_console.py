@@ -1,0 +1,59 @@
+"""Shared Rich console (stderr) and progress helpers for the CLI."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.text import Text
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["RateColumn", "console", "make_progress", "stdout"]
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. ``123.4 windows/s``."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        """Render the task's current speed."""
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text(f"  ? {self.unit}/s", style="cyan")
+        return Text(f"{speed:7.1f} {self.unit}/s", style="cyan")
+
+
+#: Messages, tables and progress go to stderr so stdout stays clean for ``--json`` output.
+console = Console(stderr=True)
+#: Machine-readable output (JSON) goes to stdout.
+stdout = Console(soft_wrap=True, highlight=False)
+
+
+def make_progress(unit: str = "it") -> Progress:
+    """Return a Rich progress bar with count, rate and ETA columns.
+
+    Args:
+        unit: Name of the counted item, shown after the rate (``"windows"``, ``"img"``...).
+    """
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
