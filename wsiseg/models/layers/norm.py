@@ -1,0 +1,45 @@
+"""Norm layers by name, so DP compatibility is a constructor argument.
+
+BatchNorm is the paper's default. GroupNorm has no cross-sample statistics, so it is the choice for DP
+training (per-sample gradients) and for federated averaging without running-statistics buffers.
+"""
+
+from __future__ import annotations
+
+
+from torch import nn
+
+from wsiseg.errors import ModelError
+
+__all__ = ["NORM_NAMES", "group_count", "make_norm"]
+
+NORM_NAMES = ("batchnorm", "groupnorm")
+
+
+def group_count(channels: int, max_groups: int = 32) -> int:
+    """Return the largest divisor of ``channels`` that is at most ``max_groups``."""
+    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+
+
+def make_norm(name: str, channels: int) -> nn.Module:
+    """Create a 2-D norm layer for ``channels`` feature maps.
+
+    Args:
+        name: ``"batchnorm"`` or ``"groupnorm"`` (32 groups, or the largest divisor of ``channels`` below).
+        channels: Number of channels.
+
+    Returns:
+        The norm module.
+
+    Raises:
+        ModelError: For an unknown name.
+    """
+    key = name.lower().replace("_", "").replace("-", "")
+    if key in {"batchnorm", "bn", "batchnorm2d"}:
+        return nn.BatchNorm2d(channels)
+    if key in {"groupnorm", "gn"}:
+        return nn.GroupNorm(group_count(channels), channels)
+    msg = f"unknown norm {name!r}; use one of {', '.join(NORM_NAMES)}"
+    raise ModelError(msg)
+
+
