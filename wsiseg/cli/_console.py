@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,8 +14,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 __all__ = ["RateColumn", "console", "make_progress", "stdout"]
+
 
 class RateColumn(ProgressColumn):
     """Items per second, e.g. ``123.4 windows/s``."""

@@ -6,7 +6,6 @@ training (per-sample gradients) and for federated averaging without running-stat
 
 from __future__ import annotations
 
-
 from torch import nn
 
 from wsiseg.errors import ModelError
@@ -41,5 +40,3 @@ def make_norm(name: str, channels: int) -> nn.Module:
         return nn.GroupNorm(group_count(channels), channels)
     msg = f"unknown norm {name!r}; use one of {', '.join(NORM_NAMES)}"
     raise ModelError(msg)
-
-

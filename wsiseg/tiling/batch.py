@@ -1,0 +1,239 @@
+"""Tile many slides: expand inputs, find label masks, resume, and isolate failures per slide."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsiseg.classes import DEFAULT_CLASSES, ClassTable
+from wsiseg.errors import DataError, TilingError, WsisegError
+from wsiseg.tiling.geometry import TilingConfig
+from wsiseg.tiling.manifest import MANIFEST_NAME, SlideEntry, write_manifest
+from wsiseg.tiling.writer import LabelSource, slide_id_for, tile_slide
+
+__all__ = [
+    "SLIDE_SUFFIXES",
+    "SlideOutcome",
+    "expand_sources",
+    "find_label_file",
+    "load_labels",
+    "read_site_table",
+    "tile_many",
+]
+
+SLIDE_SUFFIXES = {
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
+    ".png", ".jpg", ".jpeg",
+}  # fmt: skip
+LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".geojson", ".json", ".xml")
+_MASK_MARKERS = ("_mask", "_gt", "_labels", "-mask")
+
+
+@dataclass
+class SlideOutcome:
+    """What happened to one input slide."""
+
+    source: Path
+    status: str  # "tiled", "skipped" or "failed"
+    entry: SlideEntry | None = None
+    error: str = ""
+    seconds: float = 0.0
+
+
+def _is_label_name(path: Path) -> bool:
+    stem = path.name.lower().rsplit(".", 1)[0]
+    return stem.endswith(_MASK_MARKERS) or stem.endswith("_preview")
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+def _scan_dir(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if _is_dicom_dir(child):
+            found.append(child)
+        elif child.is_dir():
+            found.extend(_scan_dir(child))
+        elif child.suffix.lower() in SLIDE_SUFFIXES and not _is_label_name(child):
+            found.append(child)
+    return found
+
+
+def expand_sources(inputs: list[str | Path]) -> list[Path]:
+    """Expand files, folders (recursively; a folder of ``.dcm`` files is one DICOM slide) and globs.
+
+    Label images (``*_mask.png`` and similar) and previews inside folders are not slides and are skipped.
+    Paths that do not exist are returned as they are, so the caller reports them per slide.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.exists():
+            if _is_dicom_dir(path) or path.is_file():
+                out.append(path)
+            else:
+                out.extend(_scan_dir(path))
+            continue
+        matches = sorted(glob.glob(str(item), recursive=True))  # noqa: PTH207 (user globs may be absolute)
+        if matches:
+            out.extend(Path(m) for m in matches if not _is_label_name(Path(m)))
+        else:
+            out.append(path)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def find_label_file(slide: Path, masks_dir: Path | None) -> Path | None:
+    """Find a slide's label file: ``<stem>{_mask,_gt,}.{png,tif,geojson,json,xml}`` in ``masks_dir``.
+
+    Without ``masks_dir`` only a sibling ``<stem>_mask.*`` next to the slide is used.
+    """
+    stem = slide.name.split(".")[0] if slide.is_file() else slide.name
+    if masks_dir is None:
+        candidates = [slide.parent / f"{stem}_mask{ext}" for ext in LABEL_SUFFIXES]
+    else:
+        candidates = [
+            masks_dir / f"{stem}{mark}{ext}" for mark in ("_mask", "_gt", "") for ext in LABEL_SUFFIXES
+        ]
+    return next((c for c in candidates if c.is_file() and c != slide), None)
+
+
+def load_labels(path: Path, level0_size: tuple[int, int], classes: ClassTable, palette: str) -> LabelSource:
+    """Load a label image, QuPath GeoJSON or ASAP XML as class ids at a downsample of the slide."""
+    from wsiseg.tiling import annotations  # noqa: PLC0415
+
+    suffix = path.suffix.lower()
+    if suffix in {".geojson", ".json", ".xml"}:
+        ds = max(4.0, float(-(-max(level0_size) // 16384)))
+        if suffix == ".xml":
+            labels = annotations.rasterize_asap_xml(
+                path, level0_size=level0_size, downsample=ds, classes=classes
+            )
+        else:
+            labels = annotations.rasterize_geojson(
+                path, level0_size=level0_size, downsample=ds, classes=classes
+            )
+        return LabelSource(labels, ds, str(path))
+    labels, ds = annotations.load_label_image(path, level0_size=level0_size, palette=palette)
+    return LabelSource(labels, float(ds), str(path))
+
+
+def read_site_table(path: Path) -> dict[str, str]:
+    """Read a CSV with columns ``slide`` and ``site`` (e.g. ``cohort.csv``); keys are slide file names."""
+    if not path.is_file():
+        msg = f"{path}: site table not found; pass a CSV with columns slide,site"
+        raise DataError(msg)
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "slide" not in rows[0] or "site" not in rows[0]:
+        msg = f"{path}: site table needs the columns slide and site"
+        raise DataError(msg)
+    return {Path(r["slide"]).name: str(r["site"]) for r in rows}
+
+
+def _existing(out_dir: Path, sid: str) -> SlideEntry | None:
+    path = out_dir / sid / "slide.json"
+    if not path.is_file():
+        return None
+    try:
+        return SlideEntry.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def tile_many(
+    sources: list[Path],
+    out_dir: Path,
+    config: TilingConfig,
+    *,
+    masks_dir: Path | None = None,
+    use_masks: bool = True,
+    palette: str = "auto",
+    backend: str = "auto",
+    slide_mpp: float | None = None,
+    sites: dict[str, str] | None = None,
+    site: str = "",
+    workers: int = 1,
+    overwrite: bool = False,
+    classes: ClassTable = DEFAULT_CLASSES,
+    on_start: Callable[[Path, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SlideOutcome]:
+    """Tile every source into one dataset folder; a failing slide is recorded and the rest go on.
+
+    Returns:
+        One outcome per source, in order. The manifest covers every completed slide in ``out_dir``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(out_dir, config, overwrite)
+    outcomes: list[SlideOutcome] = []
+    for index, source in enumerate(sources):
+        if on_start:
+            on_start(source, index)
+        start = time.perf_counter()
+        sid = slide_id_for(source)
+        label_file = find_label_file(source, masks_dir) if use_masks else None
+        old = _existing(out_dir, sid)
+        if old is not None and not overwrite:
+            same = old.settings == config.to_dict() and Path(old.source).name == source.name
+            if same and old.mask_source == (str(label_file) if label_file else ""):
+                outcomes.append(SlideOutcome(source, "skipped", old))
+                continue
+        try:
+            if not source.exists():
+                from wsiseg.errors import SlideError  # noqa: PLC0415
+
+                msg = f"{source}: no such file or folder; check the path"
+                raise SlideError(msg)
+            labels = None
+            if label_file is not None:
+                from wsiseg.slide import open_slide  # noqa: PLC0415
+
+                with open_slide(source, backend=backend) as probe:
+                    dims = probe.dimensions
+                labels = load_labels(label_file, dims, classes, palette)
+            slide_site = (sites or {}).get(source.name, site)
+            entry = tile_slide(source, out_dir, config, labels=labels, backend=backend, slide_mpp=slide_mpp,
+                               site=slide_site, workers=workers, progress=progress)  # fmt: skip
+            outcomes.append(SlideOutcome(source, "tiled", entry, seconds=time.perf_counter() - start))
+        except WsisegError as err:
+            outcomes.append(
+                SlideOutcome(source, "failed", error=str(err), seconds=time.perf_counter() - start)
+            )
+    _rewrite_manifest(out_dir, config, classes)
+    return outcomes
+
+
+def _check_settings(out_dir: Path, config: TilingConfig, overwrite: bool) -> None:
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file() or overwrite:
+        return
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")).get("settings", {})
+    except json.JSONDecodeError:
+        return
+    if settings and TilingConfig.from_dict(settings) != config:
+        msg = (
+            f"{out_dir}: already holds tiles made with other settings ({settings}); "
+            "use another --out or pass --overwrite"
+        )
+        raise TilingError(msg)
+
+
+def _rewrite_manifest(out_dir: Path, config: TilingConfig, classes: ClassTable) -> None:
+    entries = []
+    for child in sorted(out_dir.iterdir()):
+        if child.is_dir() and not child.name.endswith(".partial"):
+            entry = _existing(out_dir, child.name)
+            if entry is not None and TilingConfig.from_dict(entry.settings) == config:
+                entries.append(entry)
+    write_manifest(out_dir, config, classes, entries)

@@ -1,0 +1,250 @@
+"""Cut one slide into image tiles (and mask tiles) and write its folder atomically.
+
+The slide folder is built under ``<id>.partial`` and renamed to ``<id>`` when complete, so an interrupted
+run never leaves a half-tiled slide that looks finished. Windows are read from the coarsest pyramid level
+that still has the output resolution and resized with one fixed kernel (recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from wsiseg.errors import TilingError
+from wsiseg.slide import Slide, open_slide
+from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
+from wsiseg.tiling.manifest import SlideEntry, TileRecord, atomic_write_text, write_tiles_csv
+from wsiseg.tiling.tissue import tissue_fractions, tissue_mask
+
+__all__ = ["LabelSource", "crop_labels", "slide_id_for", "tile_slide"]
+
+_KERNELS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "nearest": Image.Resampling.NEAREST,
+}
+THUMBNAIL_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """A slide's label mask in memory: class ids at ``downsample`` level-0 px per pixel."""
+
+    labels: np.ndarray
+    downsample: float
+    source: str
+
+
+def slide_id_for(path: Path) -> str:
+    """Return a file-system-safe id from a slide path (``"a b (2).ndpi"`` -> ``"a_b_2"``)."""
+    stem = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = path.stem if path.is_file() else path.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.") or "slide"
+
+
+def crop_labels(source: LabelSource, x: int, y: int, window: int, size: int) -> np.ndarray:
+    """Sample a window of the label mask onto a ``size`` x ``size`` grid with nearest neighbour.
+
+    Each output pixel takes the label at its centre; outside the mask it is background (0).
+    """
+    step = window / size / source.downsample
+    centres = (np.arange(size) + 0.5) * step
+    cols = np.floor(x / source.downsample + centres).astype(np.int64)
+    rows = np.floor(y / source.downsample + centres).astype(np.int64)
+    h, w = source.labels.shape
+    valid_r = (rows >= 0) & (rows < h)
+    valid_c = (cols >= 0) & (cols < w)
+    out = np.zeros((size, size), dtype=np.uint8)
+    sub = source.labels[np.ix_(rows[valid_r], cols[valid_c])]
+    out[np.ix_(np.flatnonzero(valid_r), np.flatnonzero(valid_c))] = sub
+    return out
+
+
+# Worker state: set once per process (fork-inherited or via the initializer), never shared handles.
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(slide: Slide, labels: LabelSource | None, job: dict[str, Any]) -> None:
+    _STATE.update(slide=slide, labels=labels, job=job)
+
+
+def _tile_chunk(chunk: Sequence[tuple[int, int, float]]) -> list[TileRecord]:
+    slide: Slide = _STATE["slide"]
+    labels: LabelSource | None = _STATE["labels"]
+    job = _STATE["job"]
+    config: TilingConfig = job["config"]
+    kernel = _KERNELS[config.resize]
+    work = Path(job["work"])
+    out: list[TileRecord] = []
+    for x, y, frac in chunk:
+        name = f"{job['id']}_x{x}_y{y}"
+        region = slide.read_region((x, y), job["level"], (job["read"], job["read"]))
+        img = Image.fromarray(region)
+        if img.size != (config.size, config.size):
+            img = img.resize((config.size, config.size), kernel)
+        image_rel = f"{job['id']}/images/{name}.{config.image_format}"
+        if config.image_format == "jpg":
+            img.save(work / "images" / f"{name}.jpg", quality=90)
+        else:
+            img.save(work / "images" / f"{name}.png", compress_level=1)
+        mask_rel = ""
+        if labels is not None:
+            tile = crop_labels(labels, x, y, job["window"], config.size)
+            Image.fromarray(tile, mode="L").save(work / "masks" / f"{name}.png", compress_level=1)
+            mask_rel = f"{job['id']}/masks/{name}.png"
+        out.append(
+            TileRecord(
+                job["id"], image_rel, mask_rel, x, y, job["level"], job["read"], job["window"],
+                float(frac), job["mpp"], job["site"],
+            )
+        )  # fmt: skip
+    return out
+
+
+def _preview(
+    thumb: np.ndarray, mask: np.ndarray, kept: Sequence[tuple[int, int]], ds: float, window: int
+) -> Image.Image:
+    """Thumbnail with the tissue mask tinted green and kept windows outlined in blue."""
+    base = thumb.astype(np.float32)
+    tint = np.array([0, 200, 0], dtype=np.float32)
+    base[mask] = 0.7 * base[mask] + 0.3 * tint
+    img = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for x, y in kept:
+        box = (x / ds, y / ds, (x + window) / ds - 1, (y + window) / ds - 1)
+        draw.rectangle(box, outline=(20, 60, 220), width=1)
+    return img
+
+
+def tile_slide(
+    source: Path,
+    out_dir: Path,
+    config: TilingConfig,
+    *,
+    labels: LabelSource | None = None,
+    backend: str = "auto",
+    slide_mpp: float | None = None,
+    site: str = "",
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> SlideEntry:
+    """Tile one slide into ``out_dir/<slide id>/`` and return its manifest entry.
+
+    Args:
+        source: Slide file or DICOM folder.
+        out_dir: Dataset folder.
+        config: Tiling settings.
+        labels: Label mask for training tiles, or None for images only.
+        backend: Slide backend (see ``wsiseg.slide.open_slide``).
+        slide_mpp: Override for a slide without (or with wrong) mpp metadata.
+        site: Site name stored with every tile (for federated partitions).
+        workers: Reader processes (1 reads in this process).
+        progress: Called with ``(done, total)`` windows as chunks finish.
+
+    Returns:
+        The slide's entry (also written to ``<id>/slide.json``).
+
+    Raises:
+        SlideError: If the slide cannot be read.
+        ConfigError: If ``--mpp`` needs an mpp the slide lacks.
+        TilingError: If no window has enough tissue or writing fails.
+    """
+    slide = open_slide(source, backend=backend)
+    sid = slide_id_for(source)
+    mpp = slide_mpp if slide_mpp is not None else (slide.mpp[0] if slide.mpp else None)
+    window, stride = window_level0(config, mpp)
+    level, read = choose_level(slide.level_downsamples, window, config.size)
+    dims = slide.dimensions
+    thumb = slide.get_thumbnail(THUMBNAIL_SIZE)
+    ds = dims[0] / thumb.shape[1]
+    tissue = tissue_mask(thumb)
+    origins = window_grid(dims, window, stride)
+    fracs = tissue_fractions(tissue, ds, origins, window)
+    keep = [(x, y, float(f)) for (x, y), f in zip(origins, fracs, strict=True) if f >= config.min_tissue]
+    note = ""
+    if dims[0] < window or dims[1] < window:
+        note = (
+            f"image {dims[0]}x{dims[1]} is smaller than the {window} px window: padded with white background"
+        )
+    if not keep:
+        msg = (
+            f"{source}: no window has at least {config.min_tissue:.0%} tissue "
+            f"({len(origins)} windows checked); lower --min-tissue or check the slide"
+        )
+        raise TilingError(msg)
+    work = out_dir / f"{sid}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "images").mkdir(parents=True)
+    if labels is not None:
+        (work / "masks").mkdir()
+    job = {"config": config, "work": str(work), "id": sid, "level": level, "read": read, "window": window,
+           "mpp": mpp, "site": site}  # fmt: skip
+    try:
+        records = _run_chunks(slide, labels, job, keep, workers, progress)
+        _preview(thumb, tissue, [(x, y) for x, y, _ in keep], ds, window).save(work / "preview.png")
+        write_tiles_csv(work / "tiles.csv", records)
+        entry = SlideEntry(
+            id=sid, source=str(source), dimensions=dims, mpp=mpp, window_level0=window, stride_level0=stride,
+            level=level, read_size=read, n_windows=len(origins), n_tiles=len(records),
+            mask_source=labels.source if labels else "", site=site, note=note, settings=config.to_dict(),
+        )  # fmt: skip
+        atomic_write_text(work / "slide.json", json.dumps(entry.to_dict(), indent=2))
+        final = out_dir / sid
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        slide.close()
+    return entry
+
+
+def _run_chunks(
+    slide: Slide,
+    labels: LabelSource | None,
+    job: dict[str, Any],
+    keep: list[tuple[int, int, float]],
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[TileRecord]:
+    chunk_size = max(1, min(64, len(keep) // max(1, workers * 4) or 1))
+    chunks = [keep[i : i + chunk_size] for i in range(0, len(keep), chunk_size)]
+    records: list[TileRecord] = []
+    if workers <= 1:
+        _init_worker(slide, labels, job)
+        try:
+            for chunk in chunks:
+                records.extend(_tile_chunk(chunk))
+                if progress:
+                    progress(len(records), len(keep))
+        finally:
+            _STATE.clear()
+        return records
+    slide.close()  # each worker opens its own handle lazily
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(
+        workers, initializer=_init_worker, initargs=(slide, labels, job)
+    ) as pool:
+        for part in pool.imap(_tile_chunk, chunks):
+            records.extend(part)
+            if progress:
+                progress(len(records), len(keep))
+    return records
