@@ -55,7 +55,12 @@ def test_sigma_scaling_matches_formula() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs"),
-    [{"size": 0}, {"size": 8, "sigma_scale": 0.0}, {"size": 8, "floor": 0.0}, {"size": 8, "floor": 2}],
+    [
+        {"size": 0},
+        {"size": 8, "sigma_scale": 0.0},
+        {"size": 8, "floor": 0.0},
+        {"size": 8, "floor": 2},
+    ],
 )
 def test_invalid_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):

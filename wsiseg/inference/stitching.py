@@ -47,7 +47,7 @@ __all__ = [
 #: Largest number of rows handed to the sink in one call (bounds the per-emission temporaries).
 EMIT_ROWS = 64
 
-#: ``sink(row_start, labels (n, width) uint8, probs (n, width, C) uint8 or None)``.
+#: ``sink(row_start, labels (n, width) uint8, probs (n, width, C) uint8/float32 or None)``.
 RowSink = Callable[[int, np.ndarray, "np.ndarray | None"], None]
 
 
@@ -143,6 +143,7 @@ def finalize_rows(
     label_offset: int = 0,
     unanalysed_value: int = 0,
     with_probs: bool = False,
+    prob_dtype: type[np.uint8] | type[np.float32] = np.uint8,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Turn weighted sums into labels and (optionally) uint8 probabilities.
 
@@ -151,11 +152,12 @@ def finalize_rows(
         wsum: ``(n, width)`` float32 sums of weights; 0 where no window covered the pixel.
         label_offset: Added to the argmax class index where analysed.
         unanalysed_value: Label where ``wsum == 0``.
-        with_probs: Also return ``round(255 * acc / wsum)`` as ``(n, width, C)`` uint8 (0 where
+        with_probs: Also return the weighted mean probabilities as ``(n, width, C)`` (0 where
             unanalysed).
+        prob_dtype: ``np.uint8`` gives ``round(255 * p)``; ``np.float32`` gives ``p`` unquantised.
 
     Returns:
-        ``(labels (n, width) uint8, probs (n, width, C) uint8 or None)``.
+        ``(labels (n, width) uint8, probs (n, width, C) of ``prob_dtype`` or None)``.
     """
     covered = wsum > 0
     labels = np.argmax(acc, axis=0).astype(np.uint8)
@@ -165,8 +167,9 @@ def finalize_rows(
     if not with_probs:
         return labels, None
     mean = np.divide(acc, wsum, out=np.zeros_like(acc), where=covered)
-    probs = np.clip(np.rint(mean * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    return labels, np.ascontiguousarray(probs)
+    if prob_dtype is np.uint8:
+        mean = np.clip(np.rint(mean * 255.0), 0, 255).astype(np.uint8)
+    return labels, np.ascontiguousarray(mean.transpose(1, 2, 0))
 
 
 class BandStitcher:
@@ -194,7 +197,9 @@ class BandStitcher:
             ``gaussian_weights(window)``.
         label_offset: Added to class indices in the label output.
         unanalysed_value: Label of pixels no window covered.
-        emit_probs: Also pass ``(n, width, C)`` uint8 probabilities (``p * 255``) to the sink.
+        emit_probs: Also pass ``(n, width, C)`` probabilities to the sink.
+        prob_dtype: ``np.uint8`` (``round(p * 255)``, default, what the TIFF writer stores) or
+            ``np.float32`` (unquantised weighted means).
 
     Raises:
         ConfigError: On inconsistent sizes, non-positive weights or labels that do not fit in
@@ -214,6 +219,7 @@ class BandStitcher:
         label_offset: int = 0,
         unanalysed_value: int = 0,
         emit_probs: bool = False,
+        prob_dtype: type[np.uint8] | type[np.float32] = np.uint8,
     ) -> None:
         if min(width, height, window, num_classes) < 1 or not 1 <= stride <= window:
             msg = (
@@ -235,7 +241,10 @@ class BandStitcher:
         self.width, self.height, self.window, self.stride = width, height, window, stride
         self.num_classes = num_classes
         self.label_offset, self.unanalysed_value = label_offset, unanalysed_value
-        self.emit_probs = emit_probs
+        if prob_dtype not in (np.uint8, np.float32):
+            msg = f"prob_dtype must be np.uint8 or np.float32, got {prob_dtype}"
+            raise ConfigError(msg)
+        self.emit_probs, self.prob_dtype = emit_probs, prob_dtype
         self._sink = sink
         self._weights = w
         self._acc = np.zeros((num_classes, window, width), dtype=np.float32)
@@ -324,6 +333,7 @@ class BandStitcher:
                     label_offset=self.label_offset,
                     unanalysed_value=self.unanalysed_value,
                     with_probs=self.emit_probs,
+                    prob_dtype=self.prob_dtype,
                 )
                 acc.fill(0.0)
                 wsum.fill(0.0)
@@ -333,7 +343,7 @@ class BandStitcher:
             n = min(EMIT_ROWS, end - row)
             labels = np.full((n, self.width), self.unanalysed_value, dtype=np.uint8)
             probs = (
-                np.zeros((n, self.width, self.num_classes), dtype=np.uint8)
+                np.zeros((n, self.width, self.num_classes), dtype=self.prob_dtype)
                 if self.emit_probs
                 else None
             )

@@ -7,8 +7,8 @@ outputs (strides 4-32) are added stage by stage in the GLFusion decoder, which r
 2. a skip conv "SC" (3x3 conv without bias, norm, ReLU) back to ``dim_i`` channels;
 3. a Cross-scale Expand layer (x2 for stages 0-2, x4 for the last one), see ``layers/expand.py``.
 
-A bias-free 1x1 conv gives the logits at full resolution. Four deep-supervision heads (3x3 conv with bias, then
-nearest upsampling) sit on the decoder outputs, as in the authors' code (``pengsl-lab/DHUnet``,
+A bias-free 1x1 conv gives the logits at full resolution. Four deep-supervision heads (3x3 conv with
+bias, then nearest upsampling) sit on the decoder outputs, as in the authors' code (``pengsl-lab/DHUnet``,
 ``network/DHUnet.py``); the training loss weights them with ``DEEP_SUPERVISION_WEIGHTS``.
 
 Both encoders are timm modules (``SwinTransformer`` depths (2,2,2,2), ``ConvNeXt`` depths (3,3,3,3)) whose
@@ -80,7 +80,8 @@ class DHUnetConfig:
 
     def __post_init__(self) -> None:
         if self.img_size <= 0 or self.img_size % INPUT_MULTIPLE:
-            msg = f"DHUnet img_size={self.img_size} is not a positive multiple of {INPUT_MULTIPLE}; use e.g. 224"
+            msg = f"DHUnet img_size={self.img_size} is not a positive multiple of {INPUT_MULTIPLE}; "
+            msg += "use e.g. 224"
             raise ModelError(msg)
         if not len(self.swin_depths) == len(self.num_heads) == len(self.convnext_depths) == 4:
             msg = "DHUnet needs 4 stages: swin_depths, num_heads and convnext_depths must have 4 entries"
@@ -96,7 +97,7 @@ class GLFusionBlock(nn.Module):
 
     Args:
         dim: Channels of this stage's encoder features.
-        concat: Whether a previous decoder output (``dim`` channels) is concatenated (all but the first stage).
+        concat: Whether the previous decoder output (``dim`` channels) is concatenated (not in stage 0).
         final: Use the x4 expand (last stage) instead of x2.
         norm: Norm name for the SC conv and the expand layer.
     """
@@ -212,7 +213,9 @@ class DHUnet(nn.Module):
             ok = h == w == self.cfg.img_size
         if not ok:
             want = f"multiples of {INPUT_MULTIPLE}" if self.cfg.dynamic_img_size else str(self.cfg.img_size)
-            msg = f"DHUnet input is {h}x{w} but the model takes {want}; set img_size= or dynamic_img_size=True"
+            msg = (
+                f"DHUnet input is {h}x{w} but the model takes {want}; set img_size= or dynamic_img_size=True"
+            )
             raise ModelError(msg)
         return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
@@ -222,9 +225,7 @@ def _aux_head(in_ch: int, num_classes: int, scale: int) -> nn.Sequential:
     return nn.Sequential(conv, nn.Upsample(scale_factor=scale)) if scale > 1 else nn.Sequential(conv)
 
 
-def _create_dhunet(
-    base: DHUnetConfig, *, pretrained: bool | str | Path = False, **overrides: Any
-) -> DHUnet:
+def _create_dhunet(base: DHUnetConfig, *, pretrained: bool | str | Path = False, **overrides: Any) -> DHUnet:
     fields = {f.name for f in dataclasses.fields(DHUnetConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -235,10 +236,22 @@ def _create_dhunet(
             overrides[key] = tuple(overrides[key])
     model = DHUnet(dataclasses.replace(base, **overrides))
     if pretrained:
-        from wsiseg.models.pretrained import load_dhunet_pretrained  # noqa: PLC0415
-
-        load_dhunet_pretrained(model, pretrained)
+        _load_pretrained(model, pretrained)
     return model
+
+
+def _load_pretrained(model: DHUnet, pretrained: bool | str | Path) -> None:
+    from wsiseg.models.pretrained import (  # noqa: PLC0415
+        load_dhunet_pretrained,
+        resolve_pretrained_dir,
+    )
+
+    if model.cfg.embed_dim != 96:  # noqa: PLR2004
+        msg = f"ImageNet weights fit only embed_dim=96 (Swin-T/ConvNeXt-T), not {model.cfg.embed_dim}; "
+        msg += "use the 'dhunet' model or pretrained=False"
+        raise ModelError(msg)
+    sources = (True, True) if pretrained is True else resolve_pretrained_dir(pretrained)
+    load_dhunet_pretrained(model, *sources)
 
 
 @register_model(
@@ -252,10 +265,10 @@ def dhunet(**kwargs: Any) -> DHUnet:
     return _create_dhunet(DHUnetConfig(), **kwargs)
 
 
-@register_model("dhunet_tiny", family="dhunet", tiny=True, params_m=0.91)
+@register_model("dhunet_tiny", family="dhunet", tiny=True, params_m=2.71)
 def dhunet_tiny(**kwargs: Any) -> DHUnet:
-    """Tiny DHUnet for CPU tests: C=24, depths (1,1,1,1), heads (1,2,4,8); any multiple of 32 (e.g. 64)."""
+    """Tiny DHUnet for CPU tests: C=24, Swin depths (2,2,2,2) heads (1,2,4,8), ConvNeXt depths (1,1,1,1)."""
     base = DHUnetConfig(
-        embed_dim=24, swin_depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), convnext_depths=(1, 1, 1, 1)
+        embed_dim=24, swin_depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), convnext_depths=(1, 1, 1, 1)
     )
     return _create_dhunet(base, **kwargs)

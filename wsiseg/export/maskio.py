@@ -1,0 +1,177 @@
+"""Read label masks back (TIFF pyramid level or PNG) and write output files atomically.
+
+``read_label_mask`` loads what ``wsiseg predict`` wrote (or any single-channel label TIFF/PNG): the pixels of
+one pyramid level, its microns per pixel from the TIFF resolution tags, and the class table and level-0
+downsample from the JSON ImageDescription when present. ``atomic_output`` is the temp-file + ``os.replace``
+pattern every exporter uses, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from wsiseg.classes import ClassTable
+from wsiseg.errors import DataError
+
+__all__ = ["LabelMask", "atomic_output", "read_label_mask"]
+
+_UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
+_DOWNSAMPLE_KEYS = ("downsample_to_level0", "scale_to_level0", "downsample")
+
+
+@dataclass(frozen=True)
+class LabelMask:
+    """A label mask with what is known about its geometry.
+
+    Attributes:
+        labels: ``(H, W)`` uint8 class ids.
+        mpp: Microns per pixel of ``labels``, or ``None`` when the file has no usable resolution tags.
+        downsample_to_level0: Slide level-0 pixels per ``labels`` pixel, or ``None`` when unknown.
+        classes: Class table stored in the file, or ``None``.
+    """
+
+    labels: np.ndarray
+    mpp: float | None
+    downsample_to_level0: float | None
+    classes: ClassTable | None
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path`` with ``os.replace``.
+
+    Args:
+        path: Final destination; its folder must exist.
+
+    Yields:
+        The temporary file path to write to (same folder, so the replace is atomic).
+
+    Raises:
+        DataError: If the destination folder does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        msg = f"cannot write {path}: folder {path.parent} does not exist; create it first"
+        raise DataError(msg)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _page_mpp(page: tifffile.TiffPage) -> float | None:
+    """Microns per pixel from XResolution/ResolutionUnit, or ``None``."""
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    num, den = tags["XResolution"].value
+    if unit not in _UM_PER_UNIT or num <= 0 or den <= 0:
+        return None
+    return _UM_PER_UNIT[unit] * den / num
+
+
+def _parse_description(text: str) -> tuple[ClassTable | None, float | None]:
+    """Class table and level-0 downsample from a JSON ImageDescription (anything else -> ``None``)."""
+    try:
+        meta: Any = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None, None
+    items = meta if isinstance(meta, list) else meta.get("classes") if isinstance(meta, dict) else None
+    classes = None
+    if isinstance(items, list) and items:
+        try:
+            classes = ClassTable.from_list(items)
+        except (KeyError, TypeError, ValueError):
+            classes = None
+    downsample = None
+    if isinstance(meta, dict):
+        for key in _DOWNSAMPLE_KEYS:
+            if isinstance(meta.get(key), int | float) and meta[key] > 0:
+                downsample = float(meta[key])
+                break
+    return classes, downsample
+
+
+def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Check a decoded image is a single-channel integer mask with ids <= 255; return uint8."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2 or array.dtype.kind not in "biu":
+        msg = (
+            f"{path} is not a single-channel integer label mask (shape {array.shape}, dtype {array.dtype}); "
+            "pass the mask written by 'wsiseg predict' or a palette/greyscale PNG"
+        )
+        raise DataError(msg)
+    if array.size and (int(array.max()) > 255 or int(array.min()) < 0):
+        msg = f"{path} holds label ids outside 0..255; label masks must be uint8"
+        raise DataError(msg)
+    return array.astype(np.uint8, copy=False)
+
+
+def _read_tiff(path: Path, level: int) -> LabelMask:
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        levels = list(series.levels)
+        if not 0 <= level < len(levels):
+            msg = f"{path} has {len(levels)} pyramid level(s); choose a level in 0..{len(levels) - 1}"
+            raise DataError(msg)
+        labels = _as_labels(levels[level].asarray(), path)
+        base_page = levels[0].keyframe
+        classes, downsample = _parse_description(base_page.description)
+        factor = base_page.imagewidth / labels.shape[1]
+        mpp = _page_mpp(levels[level].keyframe)
+        if mpp is None and (base_mpp := _page_mpp(base_page)) is not None:
+            mpp = base_mpp * factor
+    return LabelMask(
+        labels=labels,
+        mpp=mpp,
+        downsample_to_level0=downsample * factor if downsample is not None else None,
+        classes=classes,
+    )
+
+
+def read_label_mask(path: str | os.PathLike[str], *, level: int = 0) -> LabelMask:
+    """Load a label mask from a TIFF (one pyramid level) or a PNG.
+
+    Args:
+        path: ``.tif``/``.tiff`` (e.g. ``mask.tif`` from ``wsiseg predict``) or ``.png``.
+        level: Pyramid level index for TIFFs (0 = full resolution of the mask); must be 0 for PNGs.
+
+    Returns:
+        The labels with mpp (from resolution tags in cm or inch), the level-0 downsample and the
+        class table (from a JSON ImageDescription), each ``None`` when absent.
+
+    Raises:
+        DataError: If the file is missing, unreadable, not a single-channel mask, or the level is absent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"label mask {path} does not exist; check the path"
+        raise DataError(msg)
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            return _read_tiff(path, level)
+        if level != 0:
+            msg = f"{path} is not a pyramid; use level 0"
+            raise DataError(msg)
+        with Image.open(path) as img:
+            return LabelMask(_as_labels(np.asarray(img), path), None, None, None)
+    except (OSError, tifffile.TiffFileError, ValueError) as err:
+        msg = f"cannot read label mask {path}: {err}; pass a TIFF or PNG label image"
+        raise DataError(msg) from err

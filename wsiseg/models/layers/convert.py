@@ -1,0 +1,89 @@
+"""Norm conversion for existing module trees, so any backbone can be made DP-safe.
+
+Torchvision and timm backbones are built with BatchNorm. ``batchnorm_to_groupnorm`` replaces every BatchNorm
+layer by a GroupNorm over the same channels and keeps the module names and nesting, so the state-dict keys of
+all other layers (and the ``weight``/``bias`` keys of the norms) stay the same.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from wsiseg.errors import ModelError
+from wsiseg.models.layers.norm import NORM_NAMES, group_count
+
+__all__ = ["apply_norm", "batchnorm_names", "batchnorm_to_groupnorm", "check_norm"]
+
+
+def batchnorm_to_groupnorm(module: nn.Module, max_groups: int = 32) -> nn.Module:
+    """Replace every BatchNorm layer in ``module`` by a GroupNorm.
+
+    Each ``BatchNorm{1,2,3}d`` with ``C`` channels becomes ``GroupNorm(g, C)`` with ``g`` the largest divisor
+    of ``C`` that is at most ``max_groups``. The epsilon is kept, and the affine ``weight``/``bias`` are copied
+    so pretrained scale and shift survive; running statistics are dropped (GroupNorm has none).
+
+    The children are replaced in place (the tree is usually freshly built); the root is returned, and is a new
+    module only when ``module`` itself is a BatchNorm.
+
+    Args:
+        module: Any module tree.
+        max_groups: Upper bound on the number of groups.
+
+    Returns:
+        The converted module.
+    """
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _group_norm_like(module, max_groups)
+    for name, child in list(module.named_children()):
+        new = batchnorm_to_groupnorm(child, max_groups)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def batchnorm_names(module: nn.Module) -> list[str]:
+    """Return the qualified names of all BatchNorm layers in ``module`` (empty when DP-safe)."""
+    return [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def apply_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Apply the ``norm`` choice of a model entry point to a model built with BatchNorm.
+
+    Args:
+        module: The model.
+        norm: ``"batchnorm"`` (keep as built) or ``"groupnorm"`` (convert every BatchNorm).
+
+    Returns:
+        The (possibly converted) model.
+
+    Raises:
+        ModelError: For an unknown norm name.
+    """
+    key = check_norm(norm)
+    return batchnorm_to_groupnorm(module) if key == "groupnorm" else module
+
+
+def check_norm(norm: str) -> str:
+    """Return the canonical norm name (``"batchnorm"`` or ``"groupnorm"``) for ``norm``.
+
+    Raises:
+        ModelError: For an unknown norm name.
+    """
+    key = norm.lower().replace("_", "").replace("-", "")
+    if key in {"batchnorm", "bn", "batchnorm2d"}:
+        return "batchnorm"
+    if key in {"groupnorm", "gn"}:
+        return "groupnorm"
+    msg = f"unknown norm {norm!r}; use one of {', '.join(NORM_NAMES)}"
+    raise ModelError(msg)
+
+
+def _group_norm_like(bn: nn.modules.batchnorm._BatchNorm, max_groups: int) -> nn.GroupNorm:
+    gn = nn.GroupNorm(group_count(bn.num_features, max_groups), bn.num_features, eps=bn.eps)
+    if bn.affine:
+        gn.weight.data.copy_(bn.weight.data)
+        gn.bias.data.copy_(bn.bias.data)
+    if bn.weight is not None:
+        gn.weight.requires_grad_(bn.weight.requires_grad)
+        gn.bias.requires_grad_(bn.bias.requires_grad)
+    return gn
