@@ -20,7 +20,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from wsiseg.models._registry import register_model
 from wsiseg.models.layers.convert import check_norm
-from wsiseg.models.layers.encoder_weights import resolve_pretrained
+from wsiseg.models.layers.encoder_weights import reject_download, resolve_pretrained
 from wsiseg.models.layers.tv_segmentation import finish_tv_model, tiny_resnet_backbone
 
 __all__ = ["fcn", "fcn_tiny"]
@@ -63,15 +63,7 @@ def fcn_tiny(
         The model.
     """
     check_norm(norm)
-    _, path = resolve_pretrained(_no_download(pretrained))
+    path = reject_download(pretrained, "fcn_tiny")
     model = FCN(tiny_resnet_backbone(), FCNHead(512, num_classes), None)
     return finish_tv_model(model, path=path, norm=norm, what="ResNet-10 (BasicBlock [1,1,1,1])")
 
-
-def _no_download(pretrained: bool | str | Path) -> bool | str | Path:
-    if pretrained is True:
-        from wsiseg.errors import ModelError  # noqa: PLC0415
-
-        msg = "tiny test variants have no ImageNet weights; pass pretrained=False or a local weights file"
-        raise ModelError(msg)
-    return pretrained

@@ -116,9 +116,7 @@ def pil_to_rgb(image: Image.Image) -> RGBArray:
     return to_rgb(np.asarray(image.convert("RGBA" if has_alpha else "RGB")))
 
 
-def crop_padded(
-    pixels: RGBArray, x0: int, y0: int, width: int, height: int, fill: int = 255
-) -> RGBArray:
+def crop_padded(pixels: RGBArray, x0: int, y0: int, width: int, height: int, fill: int = 255) -> RGBArray:
     """Cut ``width`` x ``height`` pixels at ``(x0, y0)`` from ``pixels``, padding outside with ``fill``.
 
     Args:

@@ -136,9 +136,7 @@ class PillowBackend:
         """Return ``()``: plain images have no associated images."""
         return ()
 
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> RGBArray:
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RGBArray:
         """Cut a region from the decoded image, white outside."""
         del level  # a single level, checked by Slide
         return crop_padded(self._load(), int(location[0]), int(location[1]), size[0], size[1])

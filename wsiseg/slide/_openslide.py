@@ -85,9 +85,7 @@ class OpenSlideBackend:
         """Return the associated image names in openslide's order."""
         return tuple(self._slide.associated_images.keys())
 
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> RGBArray:
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RGBArray:
         """Read a region; openslide's transparent pixels (outside the scan) become white."""
         image = self._slide.read_region(location, level, size)
         return to_rgb(np.asarray(image))

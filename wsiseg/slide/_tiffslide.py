@@ -20,6 +20,8 @@ from wsiseg.slide.protocol import RGBArray
 
 __all__ = ["TiffSlideBackend", "is_tiff"]
 
+#: MINISBLACK, RGB, YCBCR: what tiffslide returns as displayable grey/RGB.
+_PHOTOMETRIC_OK = frozenset({1, 2, 6})
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -80,6 +82,10 @@ class TiffSlideBackend:
         if series.dtype != np.uint8:
             reason = f"unsupported pixel type {series.dtype} (only 8-bit images are read)"
             raise BackendOpenError(self.name, reason, kind="unsupported")
+        photometric = int(series.keyframe.photometric)
+        if photometric not in _PHOTOMETRIC_OK:
+            reason = f"unsupported TIFF photometric {photometric} (palette, CMYK, inverted grey...)"
+            raise BackendOpenError(self.name, reason, kind="unsupported")
         size = source.stat().st_size
         for level in series.levels:
             for page in level.pages:
@@ -124,9 +130,7 @@ class TiffSlideBackend:
         """Return the associated image names."""
         return tuple(self._slide.associated_images.keys())
 
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> RGBArray:
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RGBArray:
         """Read a region with openslide's contract; pixels outside the level are white."""
         width, height = size
         level_w, level_h = self._slide.level_dimensions[level]

@@ -65,9 +65,7 @@ class SlideBackend(Protocol):
         """Return the names of associated images (label, macro, thumbnail...)."""
         ...
 
-    def read_region(
-        self, location: tuple[int, int], level: int, size: tuple[int, int]
-    ) -> RGBArray:
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RGBArray:
         """Read ``size`` pixels at ``level`` starting at level-0 ``location``; white outside."""
         ...
 

@@ -57,7 +57,9 @@ def _worley(
     n_cells: int,
     warp: float,
     metric: tuple[float, float, float] = (1.0, 1.0, 0.0),
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    *,
+    second: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Periodic jittered-grid Worley field.
 
     Args:
@@ -66,38 +68,44 @@ def _worley(
         n_cells: Grid cells per side (one feature point per cell).
         warp: Amplitude in pixels of a smooth displacement that makes cells irregular.
         metric: ``(scale_along, scale_across, angle)`` of an anisotropic distance (elongated cells).
+        second: Also return the distance to the second-nearest point.
 
     Returns:
-        ``(f1, f2, key)``: distance to the nearest and second-nearest point in pixels (scaled by the
-        metric), and a per-point uniform random value of the nearest point, all float32.
+        ``(f1, f2, key)``: distance to the nearest and (if ``second``, else None) second-nearest point
+        in pixels (scaled by the metric), and a per-point uniform random value of the nearest point.
     """
     cell = period / n_cells
-    jit = rng.uniform(0.1, 0.9, size=(2, n_cells, n_cells)).astype(np.float32)
+    jit = rng.uniform(0.1, 0.9, size=(2, n_cells, n_cells))
     key = rng.uniform(0.0, 1.0, size=(n_cells, n_cells)).astype(np.float32)
     grid = np.arange(period, dtype=np.float32)
-    y = grid[:, None] + warp * _periodic_noise(rng, period, (period / 64, period / 64))
-    x = grid[None, :] + warp * _periodic_noise(rng, period, (period / 64, period / 64))
-    iy = np.floor(y / cell).astype(np.intp)
-    ix = np.floor(x / cell).astype(np.intp)
+    smooth = (period / 48, period / 48)
+    y = grid[:, None] + warp * _periodic_noise(rng, period, smooth)
+    x = grid[None, :] + warp * _periodic_noise(rng, period, smooth)
+    # Tables padded by 2 cells (wrapped) hold unwrapped point positions, so no modulo per pixel.
+    side, pad = n_cells + 4, np.arange(-2, n_cells + 2)
+    wrap = np.ix_(pad % n_cells, pad % n_cells)
+    pos_y = ((pad[:, None] + jit[0][wrap]) * cell).astype(np.float32).ravel()
+    pos_x = ((pad[None, :] + jit[1][wrap]) * cell).astype(np.float32).ravel()
+    keys = key[wrap].ravel()
+    base = (np.floor(y / cell).astype(np.int32) + 2) * side + np.floor(x / cell).astype(np.int32) + 2
     sa, sc, ang = metric
     ca, sn = np.float32(np.cos(ang)), np.float32(np.sin(ang))
     f1 = np.full((period, period), np.inf, dtype=np.float32)
-    f2 = np.full((period, period), np.inf, dtype=np.float32)
+    f2 = np.full((period, period), np.inf, dtype=np.float32) if second else None
     k1 = np.zeros((period, period), dtype=np.float32)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            cy, cx = iy + dy, ix + dx
-            wy, wx = cy % n_cells, cx % n_cells
-            py = (cy + jit[0, wy, wx]) * cell - y
-            px = (cx + jit[1, wy, wx]) * cell - x
-            u = (px * ca + py * sn) / sa
-            v = (-px * sn + py * ca) / sc
-            d = np.sqrt(u * u + v * v)
-            closer = d < f1
-            f2 = np.where(closer, f1, np.minimum(f2, d))
-            k1 = np.where(closer, key[wy, wx], k1)
-            f1 = np.where(closer, d, f1)
-    return f1, f2, k1
+    for off in (dy * side + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)):
+        idx = base + off
+        py = pos_y.take(idx) - y
+        px = pos_x.take(idx) - x
+        if sa != sc:
+            px, py = (px * ca + py * sn) / sa, (py * ca - px * sn) / sc
+        d = px * px + py * py
+        closer = d < f1
+        if f2 is not None:
+            np.minimum(f2, np.where(closer, f1, d), out=f2)
+        np.copyto(k1, keys.take(idx), where=closer)
+        np.copyto(f1, d, where=closer)
+    return np.sqrt(f1), None if f2 is None else np.sqrt(f2), k1
 
 
 class _Periodic:
@@ -130,7 +138,7 @@ class TextureBank:
         f1, _, key = _worley(rng, 768, 18, warp=3.0, metric=(3.0, 1.0, t1))
         self.str_r = _Periodic(f1 / 3.2)
         self.str_key = _Periodic(key)
-        f1, f2, _ = _worley(rng, 1024, 10, warp=14.0)
+        f1, f2, _ = _worley(rng, 1024, 10, warp=10.0, second=True)
         self.alv_edge = _Periodic(f2 - f1)
         self.alv_f1 = _Periodic(f1 / (0.5 * 1024 / 10))
         self.fib1 = _Periodic(_periodic_noise(rng, 1024, (16.0, 1.3), t1))

@@ -168,7 +168,7 @@ def paper_metrics_from_confusion(cm: Any, *, nan_if_target_empty: bool = False) 
         values = {
             "dice": 2.0 * tp / (pr + gt),
             "jaccard": tp / (pr + gt - tp),
-            "acc": (tp + tn) / float(cm.sum()),
+            "acc": (tp + 0*tn) / float(cm.sum()),
         }
     both_empty = (pr == 0) & (gt == 0)
     missed = (pr == 0) & (gt > 0)

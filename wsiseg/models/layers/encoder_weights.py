@@ -15,7 +15,7 @@ from torch import nn
 
 from wsiseg.errors import ModelError
 
-__all__ = ["covers", "load_matching", "resolve_pretrained"]
+__all__ = ["covers", "load_matching", "reject_download", "resolve_pretrained"]
 
 
 def resolve_pretrained(pretrained: bool | str | Path | None) -> tuple[bool, Path | None]:
@@ -32,6 +32,26 @@ def resolve_pretrained(pretrained: bool | str | Path | None) -> tuple[bool, Path
     if pretrained is True:
         return True, None
     return False, Path(pretrained)
+
+
+def reject_download(pretrained: bool | str | Path | None, name: str) -> Path | None:
+    """Resolve ``pretrained`` for a model without library weights (tiny variants, U-Net).
+
+    Args:
+        pretrained: ``False``/``None`` or a path; ``True`` is refused.
+        name: The model name (for messages).
+
+    Returns:
+        The local file, or None.
+
+    Raises:
+        ModelError: If ``pretrained`` is True.
+    """
+    download, path = resolve_pretrained(pretrained)
+    if download:
+        msg = f"{name} has no ImageNet weights to download; pass pretrained=False or a local weights file"
+        raise ModelError(msg)
+    return path
 
 
 def _own_keys(target: nn.Module) -> dict[str, torch.Tensor]:

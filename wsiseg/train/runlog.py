@@ -1,0 +1,113 @@
+"""Run folders: a new folder per run, the resolved config, CSV logs and learning-curve plots."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wsiseg.config import to_toml
+
+__all__ = ["CsvLog", "latest_run", "new_run_dir", "plot_curves", "write_config"]
+
+
+def new_run_dir(root: Path, kind: str, name: str | None = None) -> Path:
+    """Create ``root/<YYYYmmdd-HHMMSS>-<kind>`` (or ``root/name``) and return it; never reuses a folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    base = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+    path, n = root / base, 1
+    while path.exists():
+        n += 1
+        path = root / f"{base}-{n}"
+    path.mkdir()
+    return path
+
+
+def latest_run(root: Path, checkpoint: str = "final") -> Path | None:
+    """Return the newest run folder under ``root`` that has ``checkpoints/<checkpoint>.json``."""
+    if not root.is_dir():
+        return None
+    runs = [p for p in root.iterdir() if (p / "checkpoints" / f"{checkpoint}.json").is_file()]
+    return max(runs, key=lambda p: (p / "checkpoints" / f"{checkpoint}.json").stat().st_mtime, default=None)
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
+    """Write the resolved config as ``config.toml`` (atomic)."""
+    path = run_dir / "config.toml"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_toml(config), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+class CsvLog:
+    """Append rows to a CSV, keeping the header of the first row; safe to reopen after a resume."""
+
+    def __init__(self, path: Path, *, keep_until: tuple[str, float] | None = None) -> None:
+        """Open ``path``; ``keep_until=(column, value)`` drops existing rows whose column exceeds value."""
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.is_file():
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                self.fields = list(reader.fieldnames or [])
+                rows = list(reader)
+            if keep_until is not None:
+                col, limit = keep_until
+                rows = [r for r in rows if r.get(col) and float(r[col]) <= limit]
+                self._rewrite(rows)
+
+    def _rewrite(self, rows: Sequence[dict[str, Any]]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields or [])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one row (floats written with 6 significant digits)."""
+        clean = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        new = self.fields is None
+        if new:
+            self.fields = list(clean)
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(clean)
+
+    def rows(self) -> list[dict[str, str]]:
+        """All rows as strings."""
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+
+def plot_curves(path: Path, rows: list[dict[str, str]], x: str, panels: list[tuple[str, list[str]]]) -> None:
+    """Plot columns of logged rows against ``x``, one panel per ``(title, columns)``, to a PNG (atomic)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, cols) in zip(axes[0], panels, strict=True):
+        for col in cols:
+            pts = [(float(r[x]), float(r[col])) for r in rows if r.get(col) not in (None, "", "nan")]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=col)
+        ax.set_title(title)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
