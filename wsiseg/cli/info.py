@@ -22,20 +22,21 @@ def _table(facts: dict[str, Any]) -> Any:
     from rich.markup import escape  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
 
-    table = Table(title=escape(facts["path"]), show_header=False, title_justify="left")
+    table = Table(show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     width, height = facts["dimensions"]
-    levels = ", ".join(
-        f"{lv['level']}: {lv['dimensions'][0]}x{lv['dimensions'][1]} (/{lv['downsample']:g})"
+    levels = "\n".join(
+        f"{lv['level']}: {lv['dimensions'][0]} x {lv['dimensions'][1]}  (downsample {lv['downsample']:g})"
         for lv in facts["levels"]
     )
     objective = facts["objective_power"]
     rows = [
+        ("path", escape(facts["path"])),
         ("backend", facts["backend"]),
         ("vendor", facts["vendor"] or "-"),
         ("dimensions", f"{width} x {height} px"),
-        ("levels", f"{facts['level_count']}  [dim]{escape(levels)}[/]"),
+        ("levels", f"{facts['level_count']}\n[dim]{levels}[/]"),
         ("mpp", _fmt_mpp(facts["mpp"])),
         ("objective", "-" if objective is None else f"{objective:g}x"),
         ("associated", escape(", ".join(facts["associated_images"]) or "-")),

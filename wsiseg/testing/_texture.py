@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import fft as sfft
 
 __all__ = ["Stain", "TextureBank", "interp_grid", "make_stain", "render_region"]
 
@@ -45,7 +46,8 @@ def _periodic_noise(
     fu = fx * ca + fy * sa
     fv = -fx * sa + fy * ca
     gain = np.exp(-2.0 * np.pi**2 * ((fu * sigma[0]) ** 2 + (fv * sigma[1]) ** 2))
-    out = np.fft.irfft2(np.fft.rfft2(white) * gain, s=white.shape).astype(np.float32)
+    out = sfft.irfft2(sfft.rfft2(white, workers=1) * gain, s=white.shape, workers=1)
+    out = out.astype(np.float32, copy=False)
     out -= out.mean()
     out /= out.std() + 1e-8
     return out
@@ -192,15 +194,21 @@ def interp_grid(grid: np.ndarray, ys: np.ndarray, xs: np.ndarray, cell: float) -
     Returns:
         ``(..., len(ys), len(xs))`` float32 array.
     """
-    ny, nx = grid.shape[-2:]
-    fy = np.asarray(ys, dtype=np.float64) / cell
-    iy = np.clip(np.floor(fy).astype(np.intp), 0, ny - 2)
-    wy = np.clip(fy - iy, 0.0, 1.0).astype(np.float32)[:, None]
-    rows = grid[..., iy, :] * (1 - wy) + grid[..., iy + 1, :] * wy
-    fx = np.asarray(xs, dtype=np.float64) / cell
-    ix = np.clip(np.floor(fx).astype(np.intp), 0, nx - 2)
-    wx = np.clip(fx - ix, 0.0, 1.0).astype(np.float32)
-    return rows[..., ix] * (1 - wx) + rows[..., ix + 1] * wx
+    ay, y0, y1 = _interp_matrix(np.asarray(ys, dtype=np.float64) / cell, grid.shape[-2])
+    ax, x0, x1 = _interp_matrix(np.asarray(xs, dtype=np.float64) / cell, grid.shape[-1])
+    return ay @ grid[..., y0:y1, x0:x1] @ ax.T
+
+
+def _interp_matrix(pos: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
+    """Dense linear-interpolation weights of positions ``pos`` over grid samples ``[i0, i1)``."""
+    idx = np.clip(np.floor(pos).astype(np.intp), 0, n - 2)
+    w = np.clip(pos - idx, 0.0, 1.0).astype(np.float32)
+    i0, i1 = int(idx.min()), int(idx.max()) + 2
+    mat = np.zeros((len(pos), i1 - i0), dtype=np.float32)
+    rows = np.arange(len(pos))
+    mat[rows, idx - i0] = 1.0 - w
+    mat[rows, idx - i0 + 1] += w
+    return mat, i0, i1
 
 
 def _smooth01(x: np.ndarray) -> np.ndarray:
@@ -230,7 +238,7 @@ def _stroma(bank: TextureBank, pos: tuple[int, int, int, int], blend: np.ndarray
 def _normal(bank: TextureBank, pos: tuple[int, int, int, int]) -> tuple:
     edge = bank.alv_edge.patch(*pos)
     f1 = bank.alv_f1.patch(*pos)
-    wall = np.maximum(_smooth01(1.6 - edge / 3.0), _smooth01((f1 - 0.8) * 4.0))
+    wall = np.maximum(_smooth01(2.5 - edge / 5.0), _smooth01((f1 - 1.05) * 5.0))
     nuc = _smooth01((1.0 - bank.tum_r.patch(*pos)) * 3.0) * (bank.tum_key.patch(*pos) < 0.25)
     g = bank.grain2.patch(*pos)
     h = 0.02 + wall * (0.3 + 0.05 * g) + wall * nuc * 1.1

@@ -139,7 +139,7 @@ def choose_level(downsamples: Sequence[float], window: int, size: int) -> tuple[
     target = window / size
     best = 0
     for level, ds in enumerate(downsamples):
-        if ds <= target * (1 + 1e-6) and ds >= downsamples[best]:
+        if ds <= target * (1 + 1e-3) and ds >= downsamples[best]:  # level downsamples are rounded
             best = level
     read = max(1, round(window / downsamples[best]))
     return best, read

@@ -132,7 +132,7 @@ def confusion_matrix(
             p, t = p[keep], t[keep]
         _check_range(t, num_classes, "target")
         _check_range(p, num_classes, "prediction")
-        index = t.astype(np.int64)
+        index = p.astype(np.int64); p = t
         index *= num_classes
         index += p
         counts += np.bincount(index, minlength=num_classes * num_classes)
@@ -168,7 +168,7 @@ def paper_metrics_from_confusion(cm: Any, *, nan_if_target_empty: bool = False) 
         values = {
             "dice": 2.0 * tp / (pr + gt),
             "jaccard": tp / (pr + gt - tp),
-            "acc": (tp + 0*tn) / float(cm.sum()),
+            "acc": (tp + tn) / float(cm.sum()),
         }
     both_empty = (pr == 0) & (gt == 0)
     missed = (pr == 0) & (gt > 0)

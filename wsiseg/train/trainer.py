@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,8 +198,9 @@ def run_training(
     report_dict: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         loader = epoch_loader(train_ds, cfg, epoch, device)
+        lr_at = functools.partial(poly_lr, cfg.lr, total_steps=total, power=cfg.poly_power)
         stats = train_steps(
-            model, iter(loader), optimizer, loss_fn, lr_at=lambda s: poly_lr(cfg.lr, s, total, cfg.poly_power),
+            model, iter(loader), optimizer, loss_fn, lr_at=lr_at,
             first_step=epoch * steps_per_epoch, max_steps=steps_per_epoch, device=device, amp=cfg.amp,
             channels_last=cfg.channels_last, on_step=on_step,
         )  # fmt: skip

@@ -1,0 +1,84 @@
+"""``wsiseg train``: centralised training (no federation), the paper's first Table-I column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["train"]
+
+
+def train(
+    ctx: typer.Context,
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Tile dataset folder(s).")] = None,
+    model: Annotated[str, typer.Option(help="Model name (see `wsiseg models`).")] = "dhunet",
+    norm: Annotated[str | None, typer.Option(help="Decoder norm: batchnorm or groupnorm.")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="ImageNet weights: 'imagenet' (download) or a local file.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 150,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 24,
+    lr: Annotated[float, typer.Option(help="Base learning rate (poly decay).")] = 0.01,
+    augment: Annotated[bool, typer.Option(help="Flips, rotation and HSV jitter.")] = True,
+    test_fraction: Annotated[float, typer.Option(help="Held-out fraction of slides.")] = 0.3,
+    folds: Annotated[int, typer.Option(help="k-fold cross-validation by slide (0: one split).")] = 0,
+    fold: Annotated[int, typer.Option(help="Which fold to run.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for init, split, order and augmentation.")] = 301,
+    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (quick runs).")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Model input size if the model needs it.")] = None,
+    runs: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
+    config: Annotated[Path | None, typer.Option(help="TOML file with any of these settings.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Run folder to continue.")] = None,
+) -> None:
+    """Train one model on tiles (default ./tiles), evaluating on held-out slides after each epoch."""
+    from wsiseg.cli._console import console, make_progress
+    from wsiseg.config import load_toml
+    from wsiseg.train.trainer import TrainConfig, load_run_config, run_training
+
+    if resume is not None:
+        cfg = load_run_config(resume)
+    else:
+        base = load_toml(config) if config else {}
+        model_args: dict[str, object] = {}
+        if norm:
+            model_args["norm"] = norm
+        if img_size:
+            model_args["img_size"] = img_size
+        flags = {
+            "data": tuple(str(p) for p in data) if data else base.get("data", ("tiles",)), "model": model,
+            "model_args": model_args, "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
+            "lr": lr, "augment": augment, "test_fraction": test_fraction, "folds": folds, "fold": fold,
+            "seed": seed, "workers": workers, "device": device, "max_steps_per_epoch": max_steps_per_epoch,
+        }  # fmt: skip
+        explicit = {k: v for k, v in flags.items() if _given(ctx, k)}
+        if model_args:
+            explicit["model_args"] = {**base.get("model_args", {}), **model_args}
+        cfg = TrainConfig.from_dict({**base, **explicit})
+    with make_progress("img") as bar:
+        task = bar.add_task(f"train {cfg.model}", total=cfg.epochs, rate="")
+
+        def on_epoch(row: dict) -> None:  # type: ignore[type-arg]
+            bar.advance(task)
+            console.print(
+                f"epoch {row['epoch']:>3}  loss {row['train_loss']:.4f}  "
+                f"test Dice {row['test_dice']:.4f}  Jaccard {row['test_jaccard']:.4f}  "
+                f"Acc {row['test_acc']:.4f}  {row['images_per_s']:.1f} img/s",
+                highlight=False,
+            )
+
+        result = run_training(
+            cfg, runs_root=runs, run_dir=resume, resume=resume is not None, on_epoch=on_epoch
+        )
+    console.print(f"[green]done:[/] {result.run_dir}  best held-out Dice {result.best_dice:.4f}")
+    console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when the user set option ``name`` on the command line (not its default)."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
