@@ -146,7 +146,7 @@ def test_detection_type_and_bad_input() -> None:
         mask, classes=DEFAULT_CLASSES, scale_to_level0=1, mpp_level0=None, object_type="detection"
     )
     assert {f["properties"]["objectType"] for f in feats} == {"detection"}
-    with pytest.raises(DataError, match=r"\[9\]"):
+    with pytest.raises(DataError, match=r"\[12\]"):
         mask_to_features(mask + 9 * (mask == 3), classes=DEFAULT_CLASSES, scale_to_level0=1, mpp_level0=None)
     with pytest.raises(DataError, match="folder"):
         write_geojson(Path("/nonexistent-dir/x.geojson"), [])

@@ -42,7 +42,7 @@ def labels() -> np.ndarray:
 def write(tmp_path: Path, lab: np.ndarray, **kwargs: object) -> Path:
     return write_label_pyramid(
         tmp_path / "mask.tif", lab, mpp=MPP, classes=DEFAULT_CLASSES, min_level_size=256,
-        provenance={"slide": "s.svs"}, **kwargs,  # type: ignore[arg-type]
+        provenance={"slide": "s.svs"}, downsample_to_level0=1000 / 224, **kwargs,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -77,6 +77,7 @@ def test_flat_pyramid_structure_with_tifffile(tmp_path: Path, labels: np.ndarray
     assert meta["classes"] == DEFAULT_CLASSES.to_list()
     assert meta["mpp"] == MPP
     assert meta["provenance"] == {"slide": "s.svs"}
+    assert meta["downsample_to_level0"] == pytest.approx(1000 / 224)
     assert json.loads(sidecar_path(path).read_text()) == meta
     with pytest.raises(DataError):
         read_mask_level(path, 3)
@@ -135,12 +136,14 @@ def test_exception_midway_leaves_nothing(tmp_path: Path, labels: np.ndarray) -> 
 
     with pytest.raises(RuntimeError, match="reader died"):
         write_label_pyramid(
-            tmp_path / "mask.tif", blocks(), mpp=MPP, classes=DEFAULT_CLASSES, width=590, height=700
+            tmp_path / "mask.tif", blocks(), mpp=MPP, classes=DEFAULT_CLASSES, size=(590, 700)
         )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_incomplete_or_disordered_rows_fail_and_keep_old_file(tmp_path: Path, labels: np.ndarray) -> None:
+def test_incomplete_or_disordered_rows_fail_and_keep_old_file(
+    tmp_path: Path, labels: np.ndarray
+) -> None:
     old = write(tmp_path, labels)
     before = old.read_bytes()
     w = MaskTiffWriter(old, 590, 700, mpp=MPP, classes=DEFAULT_CLASSES)

@@ -1,4 +1,8 @@
-"""Fixtures for the slide tests: a small synthetic Aperio-style pyramid and the shared real slides."""
+"""Fixtures for the slide tests: a synthetic Aperio-style pyramid and the shared real slides.
+
+Kept here (not in an importable helper) because tests run with ``--import-mode=importlib``;
+test files get ``SyntheticSlide`` only for type checking.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ class SyntheticSlide:
     path: Path
     levels: tuple[np.ndarray, ...]  # what was written, level 0 first
     downsamples: tuple[int, ...]
+    label_rgb: tuple[int, int, int] = LABEL_RGB
+    macro_rgb: tuple[int, int, int] = MACRO_RGB
 
 
 def make_rgb(width: int, height: int, rng: np.random.Generator) -> np.ndarray:

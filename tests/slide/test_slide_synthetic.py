@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
-from conftest import LABEL_RGB, MACRO_RGB, SyntheticSlide
 
 from wsiseg.slide import Slide, open_slide
 from wsiseg.slide._common import to_rgb
+
+if TYPE_CHECKING:
+    from conftest import SyntheticSlide
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -130,9 +134,9 @@ def test_associated_images(aperio_slide: SyntheticSlide, backend: str) -> None:
         macro = slide.read_associated("macro")
         thumb = slide.read_associated("thumbnail")
     assert label.shape == (60, 100, 3)
-    assert (label == LABEL_RGB).all()
+    assert (label == aperio_slide.label_rgb).all()
     assert macro.shape == (80, 200, 3)
-    assert (macro == MACRO_RGB).all()
+    assert (macro == aperio_slide.macro_rgb).all()
     assert thumb.shape == (96, 128, 3)
 
 

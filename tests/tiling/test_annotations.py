@@ -199,3 +199,12 @@ def test_label_shape_rejects_bad_sizes() -> None:
     assert label_shape((10, 7), 4) == (2, 3)
     with pytest.raises(DataError):
         label_shape((0, 7), 4)
+
+
+def test_malformed_and_non_area_geometries() -> None:
+    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 3]}, "properties": {}}
+    out = rasterize_geojson([point], level0_size=(8, 8), downsample=1)
+    assert not out.any()  # points carry no area and need no class
+    bad = _feature([[[0, 0], [4, 0], [4]]], "tumor")
+    with pytest.raises(DataError, match="feature 0"):
+        rasterize_geojson([bad], level0_size=(8, 8), downsample=1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -257,3 +258,36 @@ def test_accumulator_merge_reset_and_errors() -> None:
     with pytest.raises(ValueError, match="does not match"):
         a.add_confusion(np.zeros((3, 3), np.int64), "s")
     assert MetricAccumulator(3).class_names == ("class_0", "class_1", "class_2")
+
+
+def test_chunking_bounds_memory() -> None:
+    # 4000 x 4000 = 16 Mi px: an unchunked int64 index alone would take 128 MiB
+    rng = np.random.default_rng(5)
+    target = rng.integers(0, 4, (4000, 4000), dtype=np.uint8)
+    pred = target.copy()
+    pred[::3] = 1
+    tracemalloc.start()
+    try:
+        cm = confusion_matrix(pred, target, 4, chunk_pixels=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20
+    assert cm.sum() == 16_000_000
+    assert cm[1, 1] == np.count_nonzero(target == 1)
+    assert np.trace(cm) == np.count_nonzero(pred == target)
+
+
+@pytest.mark.slow
+def test_full_slide_size_mask() -> None:
+    side = 20_000
+    target = np.zeros((side, side), dtype=np.uint8)
+    target[:, side // 2 :] = 2
+    pred = np.zeros_like(target)
+    pred[: side // 4] = 2
+    m = paper_metrics_per_class(pred, target, 3)
+    # class 2: |G| = N/2, |P| = N/4, TP = N/8 -> Dice (2/8)/(3/4) = 1/3, J (1/8)/(5/8) = 1/5,
+    # Acc: FP + FN = N/8 + 3N/8 -> 1/2; class 1 absent from both -> 1, 1, 1
+    np.testing.assert_allclose(m["dice"], [1.0, 1 / 3])
+    np.testing.assert_allclose(m["jaccard"], [1.0, 1 / 5])
+    np.testing.assert_allclose(m["acc"], [1.0, 1 / 2])

@@ -122,6 +122,29 @@ def _feature(
     }
 
 
+def _check_inputs(
+    labels: np.ndarray, classes: ClassTable, scale_to_level0: float, object_type: str
+) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        msg = f"label mask must be 2-D (H, W), got shape {labels.shape}; pass one channel"
+        raise DataError(msg)
+    if scale_to_level0 <= 0:
+        msg = f"scale_to_level0 must be > 0, got {scale_to_level0}"
+        raise ValueError(msg)
+    if object_type not in _OBJECT_TYPES:
+        msg = f"object_type must be one of {_OBJECT_TYPES}, got {object_type!r}"
+        raise ValueError(msg)
+    if labels.size and (int(labels.max()) >= len(classes) or int(labels.min()) < 0):
+        bad = sorted(set(np.unique(labels).tolist()) - set(range(len(classes))))
+        msg = (
+            f"label mask holds ids {bad} outside the class table 0..{len(classes) - 1}; "
+            "pass the class table the mask was made with"
+        )
+        raise DataError(msg)
+    return labels
+
+
 def mask_to_features(
     labels: np.ndarray,
     *,
@@ -156,24 +179,9 @@ def mask_to_features(
         DataError: If ``labels`` is not 2-D or holds ids outside the class table.
         ValueError: If ``scale_to_level0`` is not positive or ``object_type`` is unknown.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        msg = f"label mask must be 2-D (H, W), got shape {labels.shape}; pass one channel"
-        raise DataError(msg)
-    if scale_to_level0 <= 0:
-        msg = f"scale_to_level0 must be > 0, got {scale_to_level0}"
-        raise ValueError(msg)
-    if object_type not in _OBJECT_TYPES:
-        msg = f"object_type must be one of {_OBJECT_TYPES}, got {object_type!r}"
-        raise ValueError(msg)
+    labels = _check_inputs(labels, classes, scale_to_level0, object_type)
     if labels.size == 0:
         return []
-    if int(labels.max()) >= len(classes) or int(labels.min()) < 0:
-        msg = (
-            f"label mask holds ids {sorted(set(np.unique(labels).tolist()) - set(range(len(classes))))} "
-            f"outside the class table 0..{len(classes) - 1}; pass the class table the mask was made with"
-        )
-        raise DataError(msg)
     faces, face_ids = _region_polygons(labels)
     keep = ~np.isin(face_ids, list(skip_ids))
     faces, face_ids = faces[keep], face_ids[keep]
@@ -227,5 +235,5 @@ def write_geojson(path: str | os.PathLike[str], features: list[dict[str, Any]]) 
     """
     collection = {"type": "FeatureCollection", "features": features}
     with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
-        json.dump(collection, fh, separators=(",", ":"))
+        fh.write(json.dumps(collection, separators=(",", ":")))
     return Path(path)

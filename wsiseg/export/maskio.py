@@ -2,8 +2,10 @@
 
 ``read_label_mask`` loads what ``wsiseg predict`` wrote (or any single-channel label TIFF/PNG): the pixels of
 one pyramid level, its microns per pixel from the TIFF resolution tags, and the class table and level-0
-downsample from the JSON ImageDescription when present. ``atomic_output`` is the temp-file + ``os.replace``
-pattern every exporter uses, so a crash never leaves a half-written file under the final name.
+downsample from the JSON metadata when present (level-0 ImageDescription, the OME ``Description``, or the
+``<stem>.json`` sidecar written by ``wsiseg.export.tiff``). Masks written with a ``label_offset`` are
+turned back into class ids, with unanalysed pixels as background (0). ``atomic_output`` is the temp-file +
+``os.replace`` pattern every exporter uses, so a crash never leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from PIL import Image
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
 
-__all__ = ["LabelMask", "atomic_output", "read_label_mask"]
+__all__ = ["LabelMask", "atomic_output", "mask_level_shapes", "read_label_mask"]
 
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 _DOWNSAMPLE_KEYS = ("downsample_to_level0", "scale_to_level0", "downsample")
@@ -86,12 +89,27 @@ def _page_mpp(page: tifffile.TiffPage) -> float | None:
     return _UM_PER_UNIT[unit] * den / num
 
 
-def _parse_description(text: str) -> tuple[ClassTable | None, float | None]:
-    """Class table and level-0 downsample from a JSON ImageDescription (anything else -> ``None``)."""
-    try:
-        meta: Any = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return None, None
+def _tiff_metadata(tif: tifffile.TiffFile, path: Path) -> Any:
+    """Our JSON metadata: level-0 ImageDescription, else OME ``Description``, else the sidecar JSON."""
+    desc = tif.pages.first.description or ""
+    texts = [desc]
+    if tif.is_ome:
+        with suppress(ET.ParseError):
+            texts += [e.text or "" for e in ET.fromstring(desc).iter() if e.tag.endswith("Description")]
+    side = path.with_suffix(".json")
+    if side.is_file():
+        texts.append(side.read_text(encoding="utf-8"))
+    for text in texts:
+        if text.lstrip().startswith(("{", "[")):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+def _parse_metadata(meta: Any) -> tuple[ClassTable | None, float | None]:
+    """Class table and level-0 downsample from parsed metadata (``None`` where absent)."""
     items = meta if isinstance(meta, list) else meta.get("classes") if isinstance(meta, dict) else None
     classes = None
     if isinstance(items, list) and items:
@@ -106,6 +124,25 @@ def _parse_description(text: str) -> tuple[ClassTable | None, float | None]:
                 downsample = float(meta[key])
                 break
     return classes, downsample
+
+
+def _decode_labels(stored: np.ndarray, meta: Any, path: Path) -> np.ndarray:
+    """Undo the writer's label convention: ids = stored - ``label_offset``; unanalysed -> 0."""
+    if not isinstance(meta, dict):
+        return stored
+    if meta.get("kind") == "probability":
+        msg = f"{path} is a probability map, not a label mask; pass the labels TIFF (mask.tif)"
+        raise DataError(msg)
+    offset = int(meta.get("label_offset") or 0)
+    if offset == 0:
+        return stored
+    unanalysed = int(meta.get("unanalysed_value") or 0)
+    ids = stored.astype(np.int16) - offset
+    ids[stored == unanalysed] = 0
+    if ids.size and int(ids.min()) < 0:
+        msg = f"{path} holds values below its label_offset {offset}; the mask metadata is inconsistent"
+        raise DataError(msg)
+    return ids.astype(np.uint8)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
@@ -131,12 +168,16 @@ def _read_tiff(path: Path, level: int) -> LabelMask:
         if not 0 <= level < len(levels):
             msg = f"{path} has {len(levels)} pyramid level(s); choose a level in 0..{len(levels) - 1}"
             raise DataError(msg)
-        labels = _as_labels(levels[level].asarray(), path)
         base_page = levels[0].keyframe
-        classes, downsample = _parse_description(base_page.description)
+        meta = _tiff_metadata(tif, path)
+        labels = _decode_labels(_as_labels(levels[level].asarray(), path), meta, path)
+        classes, downsample = _parse_metadata(meta)
         factor = base_page.imagewidth / labels.shape[1]
         mpp = _page_mpp(levels[level].keyframe)
-        if mpp is None and (base_mpp := _page_mpp(base_page)) is not None:
+        base_mpp = _page_mpp(base_page)
+        if base_mpp is None and isinstance(meta, dict) and isinstance(meta.get("mpp"), int | float):
+            base_mpp = float(meta["mpp"])
+        if mpp is None and base_mpp is not None:
             mpp = base_mpp * factor
     return LabelMask(
         labels=labels,
@@ -172,6 +213,27 @@ def read_label_mask(path: str | os.PathLike[str], *, level: int = 0) -> LabelMas
             raise DataError(msg)
         with Image.open(path) as img:
             return LabelMask(_as_labels(np.asarray(img), path), None, None, None)
+    except (OSError, tifffile.TiffFileError, ValueError) as err:
+        msg = f"cannot read label mask {path}: {err}; pass a TIFF or PNG label image"
+        raise DataError(msg) from err
+
+
+def mask_level_shapes(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """Return ``(height, width)`` of every pyramid level of a mask file without decoding pixels.
+
+    Raises:
+        DataError: If the file is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        msg = f"label mask {path} does not exist; check the path"
+        raise DataError(msg)
+    try:
+        if path.suffix.lower() in {".tif", ".tiff"}:
+            with tifffile.TiffFile(path) as tif:
+                return [tuple(int(v) for v in lvl.shape[:2]) for lvl in tif.series[0].levels]  # type: ignore[misc]
+        with Image.open(path) as img:
+            return [(img.height, img.width)]
     except (OSError, tifffile.TiffFileError, ValueError) as err:
         msg = f"cannot read label mask {path}: {err}; pass a TIFF or PNG label image"
         raise DataError(msg) from err

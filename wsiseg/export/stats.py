@@ -9,8 +9,8 @@ Definitions (tissue = every class except the ``skip_ids``, i.e. background):
 
 Rows: one per class (background included, its ``tissue_fraction`` empty), then one ``tissue`` total row that
 carries ``tumor_stroma_ratio`` and ``stroma_fraction``. Areas are computed from pixel counts at the mask's
-resolution times ``scale_to_level0 ** 2`` (level-0 px^2) and ``mpp_level0 ** 2`` (um^2). With no mpp the um^2 and
-mm^2 columns stay empty and ``note`` says so.
+resolution times ``scale_to_level0 ** 2`` (level-0 px^2) and ``mpp_level0 ** 2`` (um^2). With no mpp the
+um^2 and mm^2 columns stay empty and ``note`` says so.
 """
 
 from __future__ import annotations

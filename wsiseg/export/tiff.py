@@ -93,6 +93,7 @@ class MaskTiffWriter:
         kind: ``"labels"`` or ``"probability"`` (free text stored in the metadata).
         label_offset: Value stored for class id 0 (labels are ``id + label_offset``).
         unanalysed_value: Value stored where nothing was predicted.
+        downsample_to_level0: Slide level-0 px per mask px (``1 / s``, e.g. 1000 / 224), if known.
         provenance: Extra JSON-serialisable facts (slide, model, tiling settings...).
         ome: Write an OME-TIFF with SubIFD levels instead of the flat layout.
         min_level_size: Stop adding levels once the largest side is below this.
@@ -113,6 +114,7 @@ class MaskTiffWriter:
         kind: str = "labels",
         label_offset: int = 0,
         unanalysed_value: int = 0,
+        downsample_to_level0: float | None = None,
         provenance: Mapping[str, Any] | None = None,
         ome: bool = False,
         min_level_size: int = 1024,
@@ -139,6 +141,7 @@ class MaskTiffWriter:
             "classes": classes.to_list(),
             "label_offset": label_offset,
             "unanalysed_value": unanalysed_value,
+            "downsample_to_level0": downsample_to_level0,
             "wsiseg_version": __version__,
             "provenance": dict(provenance or {}),
         }
@@ -361,16 +364,16 @@ def open_prob_writers(
     return writers
 
 
-def _feed(writers: Sequence[MaskTiffWriter], blocks: Iterable[np.ndarray], split: bool) -> None:
-    """Write row blocks to ``writers`` (``split``: block[..., c] goes to writer c), then close."""
+def _feed(
+    writers: Sequence[MaskTiffWriter], data: np.ndarray | Iterable[np.ndarray], split: bool
+) -> None:
+    """Write an array or row blocks to ``writers`` (``split``: channel c -> writer c); close."""
+    blocks = _array_blocks(data) if isinstance(data, np.ndarray) else data
     try:
         row = 0
         for block in blocks:
-            if split:
-                for c, w in enumerate(writers):
-                    w.write_rows(row, np.ascontiguousarray(block[..., c]))
-            else:
-                writers[0].write_rows(row, np.ascontiguousarray(block))
+            for c, w in enumerate(writers):
+                w.write_rows(row, np.ascontiguousarray(block[..., c] if split else block))
             row += block.shape[0]
         for w in writers:
             w.close()
@@ -380,10 +383,17 @@ def _feed(writers: Sequence[MaskTiffWriter], blocks: Iterable[np.ndarray], split
         raise
 
 
-def _row_blocks(data: np.ndarray | Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+def _array_blocks(data: np.ndarray) -> Iterable[np.ndarray]:
+    return (data[y : y + TILE] for y in range(0, data.shape[0], TILE))
+
+
+def _size(data: np.ndarray | Iterable[np.ndarray], size: tuple[int, int] | None) -> tuple[int, int]:
     if isinstance(data, np.ndarray):
-        return (data[y : y + TILE] for y in range(0, data.shape[0], TILE))
-    return data
+        return data.shape[1], data.shape[0]
+    if size is None:
+        msg = "give size=(width, height) when writing an iterable of row blocks"
+        raise DataError(msg)
+    return size
 
 
 def write_label_pyramid(
@@ -392,31 +402,24 @@ def write_label_pyramid(
     *,
     mpp: float,
     classes: ClassTable,
-    width: int | None = None,
-    height: int | None = None,
+    size: tuple[int, int] | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Write a label mask TIFF from a full ``(H, W)`` uint8 array or an iterable of row blocks.
+    """Write a label mask TIFF from a ``(H, W)`` uint8 array or an iterable of row blocks.
 
     Args:
         path: Output path.
-        labels: Array, or blocks of consecutive rows (then give ``width`` and ``height``).
+        labels: Array, or ``(n, W)`` blocks of consecutive rows (then give ``size``).
         mpp: Mask resolution in um/px.
         classes: Class table stored with the mask.
-        width: Mask width (only for an iterable).
-        height: Mask height (only for an iterable).
+        size: ``(width, height)``, only for an iterable.
         **kwargs: Passed to ``MaskTiffWriter``.
 
     Returns:
         The written path.
     """
-    if isinstance(labels, np.ndarray):
-        height, width = labels.shape
-    if width is None or height is None:
-        msg = f"{path}: give width and height when labels is an iterable of row blocks"
-        raise DataError(msg)
-    writer = MaskTiffWriter(path, width, height, mpp=mpp, classes=classes, **kwargs)
-    _feed([writer], _row_blocks(labels), split=False)
+    writer = MaskTiffWriter(path, *_size(labels, size), mpp=mpp, classes=classes, **kwargs)
+    _feed([writer], labels, split=False)
     return writer.path
 
 
@@ -426,31 +429,24 @@ def write_prob_maps(
     *,
     mpp: float,
     classes: ClassTable,
-    width: int | None = None,
-    height: int | None = None,
+    size: tuple[int, int] | None = None,
     **kwargs: Any,
 ) -> list[Path]:
     """Write ``(H, W, C)`` uint8 probabilities (``round(255 * p)``) as one TIFF per class.
 
     Args:
         path: Label mask path; maps go to ``prob_map_paths(path, classes)``.
-        probs: Array or iterable of ``(n, W, C)`` row blocks (then give ``width`` and ``height``).
+        probs: Array, or ``(n, W, C)`` blocks of consecutive rows (then give ``size``).
         mpp: Mask resolution in um/px.
         classes: Class table (``C`` entries).
-        width: Mask width (only for an iterable).
-        height: Mask height (only for an iterable).
+        size: ``(width, height)``, only for an iterable.
         **kwargs: Passed to ``MaskTiffWriter``.
 
     Returns:
         The written paths, in class order.
     """
-    if isinstance(probs, np.ndarray):
-        height, width = probs.shape[:2]
-    if width is None or height is None:
-        msg = f"{path}: give width and height when probs is an iterable of row blocks"
-        raise DataError(msg)
-    writers = open_prob_writers(path, width, height, mpp=mpp, classes=classes, **kwargs)
-    _feed(writers, _row_blocks(probs), split=True)
+    writers = open_prob_writers(path, *_size(probs, size), mpp=mpp, classes=classes, **kwargs)
+    _feed(writers, probs, split=True)
     return [w.path for w in writers]
 
 

@@ -62,7 +62,8 @@ def deeplabv3_tiny(
 
     Args:
         num_classes: Output classes.
-        pretrained: False or a local ``torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1])`` state dict.
+        pretrained: False or a local ``torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1])``
+            state dict.
         norm: ``"batchnorm"`` or ``"groupnorm"``.
 
     Returns:

@@ -1,9 +1,10 @@
 """FCN baseline (Long et al., CVPR 2015) in torchvision's ResNet-50 form: FedDP Table I row "FCN".
 
-The official DHUnet code builds torchvision's ``fcn_resnet50`` layout: ResNet-50 with dilation in layers 3-4
-(output stride 8), ``FCNHead`` (3x3 conv 2048->512 without bias, BN, ReLU, dropout 0.1, 1x1 conv to classes) and
-a bilinear upsampling to the input size; no auxiliary head. The paper's FCN is trained from scratch, so
-``pretrained=True`` (torchvision ImageNet ResNet-50 V1 backbone) is an option, not the paper setting.
+The official DHUnet code builds torchvision's ``fcn_resnet50`` layout: ResNet-50 with dilation in layers
+3-4 (output stride 8), ``FCNHead`` (3x3 conv 2048->512 without bias, BN, ReLU, dropout 0.1, 1x1 conv to
+classes) and a bilinear upsampling to the input size; no auxiliary head. The paper's FCN is trained from
+scratch, so ``pretrained=True`` (torchvision ImageNet ResNet-50 V1 backbone) is an option, not the paper
+setting.
 
 Reference: J. Long, E. Shelhamer, T. Darrell, "Fully Convolutional Networks for Semantic Segmentation",
 CVPR 2015.
@@ -27,9 +28,7 @@ __all__ = ["fcn", "fcn_tiny"]
 
 
 @register_model("fcn", family="fcn", paper_row="- | - | 72.15", params_m=32.95, img_size=224)
-def fcn(
-    *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
-) -> nn.Module:
+def fcn(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm") -> nn.Module:
     """FCN-ResNet50 (output stride 8), 32.95 M parameters for 4 classes; accepts any multiple of 8.
 
     Args:
@@ -56,7 +55,8 @@ def fcn_tiny(
 
     Args:
         num_classes: Output classes.
-        pretrained: False or a local ``torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1])`` state dict.
+        pretrained: False or a local ``torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1])``
+            state dict.
         norm: ``"batchnorm"`` or ``"groupnorm"``.
 
     Returns:
@@ -66,4 +66,3 @@ def fcn_tiny(
     path = reject_download(pretrained, "fcn_tiny")
     model = FCN(tiny_resnet_backbone(), FCNHead(512, num_classes), None)
     return finish_tv_model(model, path=path, norm=norm, what="ResNet-10 (BasicBlock [1,1,1,1])")
-

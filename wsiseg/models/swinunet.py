@@ -8,10 +8,10 @@ decoder:
   ``k`` (patch embedding for level 0, the patch-merging output for the others), as in the reference code; the
   deepest stage output goes through the final LayerNorm.
 - Decoder, deepest first: ``PatchExpand`` x2 (Linear dim -> 2 dim without bias, rearranged to twice the
-  resolution with dim/2 channels, LayerNorm), then per level: concatenation with the skip, Linear 2 dim -> dim,
-  a Swin stage mirroring the encoder's (same depth, heads and drop-path rates) and a ``PatchExpand`` x2 except
-  at the shallowest level; then LayerNorm, ``PatchExpand`` x4 (Linear dim -> 16 dim, LayerNorm) and a bias-free
-  1x1 conv to the classes.
+  resolution with dim/2 channels, LayerNorm), then per level: concatenation with the skip, Linear
+  2 dim -> dim, a Swin stage mirroring the encoder's (same depth, heads and drop-path rates) and a
+  ``PatchExpand`` x2 except at the shallowest level; then LayerNorm, ``PatchExpand`` x4 (Linear
+  dim -> 16 dim, LayerNorm) and a bias-free 1x1 conv to the classes.
 - No BatchNorm anywhere, so ``norm`` only accepts the usual names and changes nothing.
 
 ``pretrained=True`` downloads timm ``swin_tiny_patch4_window7_224.ms_in1k`` and, like the reference
@@ -106,10 +106,15 @@ class SwinUnet(nn.Module):
         self.concat_back = nn.ModuleList(nn.Linear(2 * dims[k], dims[k]) for k in levels)
         self.stages = nn.ModuleList(
             SwinTransformerStage(
-                dims[k], dims[k], (grid // 2**k, grid // 2**k), depths[k], downsample=False,
-                num_heads=num_heads[k], window_size=window_size,
+                dims[k],
+                dims[k],
+                (grid // 2**k, grid // 2**k),
+                depths[k],
+                downsample=False,
+                num_heads=num_heads[k],
+                window_size=window_size,
                 drop_path=dpr[sum(depths[:k]) : sum(depths[: k + 1])],
-            )  # fmt: skip
+            )
             for k in levels
         )
         self.expands = nn.ModuleList(
@@ -118,6 +123,18 @@ class SwinUnet(nn.Module):
         self.norm_up = nn.LayerNorm(dims[0])
         self.final_expand = PatchExpand(dims[0], patch_size, dims[0])
         self.head = nn.Conv2d(dims[0], num_classes, 1, bias=False)
+        self._init_decoder()
+
+    def _init_decoder(self) -> None:
+        # The reference initialises every Linear with a truncated normal (std 0.02) and zero bias; the
+        # timm encoder already does, the decoder's new layers get the same here.
+        decoder = (self.bottleneck_expand, self.concat_back, self.stages, self.expands, self.final_expand)
+        for part in decoder:
+            for m in part.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.encoder.patch_embed(x)
@@ -132,7 +149,9 @@ class SwinUnet(nn.Module):
         """Return logits ``(B, num_classes, img_size, img_size)``."""
         y, skips = self._encode(x)
         y = self.bottleneck_expand(y)
-        for i, (proj, stage, expand) in enumerate(zip(self.concat_back, self.stages, self.expands, strict=True)):
+        for i, (proj, stage, expand) in enumerate(
+            zip(self.concat_back, self.stages, self.expands, strict=True)
+        ):
             y = proj(torch.cat([y, skips[len(skips) - 2 - i]], dim=-1))
             y = expand(stage(y))
         y = self.final_expand(self.norm_up(y))
@@ -172,7 +191,11 @@ def _load_encoder(model: SwinUnet, download: bool, path: Path | None) -> None:
 
 @register_model("swinunet", family="swinunet", paper_row="- | - | 83.98", params_m=27.17, img_size=224)
 def swinunet(
-    *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm", img_size: int = 224
+    *,
+    num_classes: int = 4,
+    pretrained: bool | str | Path = False,
+    norm: str = "batchnorm",
+    img_size: int = 224,
 ) -> SwinUnet:
     """Swin-Unet on Swin-T depths (2,2,2,2), 27.17 M parameters for 4 classes.
 
@@ -201,6 +224,8 @@ def swinunet_tiny(
     ``pretrained`` may be a local state dict of the matching ``timm`` ``SwinTransformer``; True is refused.
     """
     check_norm(norm)
-    model = SwinUnet(num_classes, img_size=64, embed_dim=16, num_heads=(1, 2, 4, 8), window_size=4, drop_path_rate=0.1)
+    model = SwinUnet(
+        num_classes, img_size=64, embed_dim=16, num_heads=(1, 2, 4, 8), window_size=4, drop_path_rate=0.1
+    )
     _load_encoder(model, False, reject_download(pretrained, "swinunet_tiny"))
     return model

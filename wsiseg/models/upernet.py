@@ -37,7 +37,7 @@ from wsiseg.errors import ModelError
 from wsiseg.models._registry import register_model
 from wsiseg.models._weights import load_weights_file
 from wsiseg.models.layers.convert import check_norm
-from wsiseg.models.layers.encoder_weights import load_matching, resolve_pretrained
+from wsiseg.models.layers.encoder_weights import load_matching, reject_download, resolve_pretrained
 from wsiseg.models.layers.norm import make_norm
 
 __all__ = ["UPerHead", "UPerNetConvNeXt", "convnext", "convnext_tiny"]
@@ -129,7 +129,11 @@ class UPerNetConvNeXt(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = ConvNeXt(
-            depths=tuple(depths), dims=tuple(dims), drop_path_rate=drop_path_rate, ls_init_value=1.0, num_classes=0
+            depths=tuple(depths),
+            dims=tuple(dims),
+            drop_path_rate=drop_path_rate,
+            ls_init_value=1.0,
+            num_classes=0,
         )
         self.encoder.head = nn.Identity()
         self.out_norms = nn.ModuleList(LayerNorm2d(d, eps=1e-6) for d in dims)
@@ -142,7 +146,7 @@ class UPerNetConvNeXt(nn.Module):
         return _resize(self.decode_head(feats), x.shape[-2:])
 
 
-def _load_encoder(model: UPerNetConvNeXt, pretrained: bool | str | Path) -> None:
+def _load_encoder(model: UPerNetConvNeXt, pretrained: bool | str | Path | None) -> None:
     download, path = resolve_pretrained(pretrained)
     if download:
         state = timm.create_model("convnext_tiny.fb_in1k", pretrained=True).state_dict()
@@ -158,7 +162,7 @@ def _load_encoder(model: UPerNetConvNeXt, pretrained: bool | str | Path) -> None
         load_matching(model.encoder, state, source=path, what="timm ConvNeXt")
 
 
-def _create(pretrained: bool | str | Path, norm: str, **kwargs: object) -> UPerNetConvNeXt:
+def _create(pretrained: bool | str | Path | None, norm: str, **kwargs: object) -> UPerNetConvNeXt:
     head_norm = "groupnorm" if check_norm(norm) == "groupnorm" else None
     model = UPerNetConvNeXt(norm=head_norm, **kwargs)  # type: ignore[arg-type]
     _load_encoder(model, pretrained)
@@ -192,10 +196,12 @@ def convnext_tiny(
     ``pretrained`` may be a local state dict of ``timm.models.convnext.ConvNeXt(depths=(1, 1, 1, 1),
     dims=(16, 32, 64, 128))``; True is refused.
     """
-    if pretrained is True:
-        msg = "convnext_tiny (test variant) has no ImageNet weights; pass False or a local weights file"
-        raise ModelError(msg)
     return _create(
-        pretrained, norm, num_classes=num_classes, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128),
-        drop_path_rate=0.1, head_channels=32,
+        reject_download(pretrained, "convnext_tiny"),
+        norm,
+        num_classes=num_classes,
+        depths=(1, 1, 1, 1),
+        dims=(16, 32, 64, 128),
+        drop_path_rate=0.1,
+        head_channels=32,
     )

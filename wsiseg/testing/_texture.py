@@ -1,5 +1,7 @@
-"""Texture and stain building blocks for the synthetic H&E generator.
+"""Layout, texture and stain building blocks for the synthetic H&E generator.
 
+The layout (tissue blobs, class regions, modulation fields) lives on a coarse grid (32 px) that is
+sampled bilinearly, so no full-resolution field is ever held.
 Everything here is vectorised numpy. Textures are *periodic* tiles (FFT-filtered noise and jittered-grid
 Worley fields) that are sliced, without copying, at any level-0 position; overlaying tiles of different
 periods (1024 and 768 px) and modulating them by smooth low-frequency fields hides the repetition.
@@ -9,16 +11,30 @@ with per-pixel haematoxylin ``h`` and eosin ``e`` concentrations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft as sfft
+from scipy.ndimage import gaussian_filter
 
-__all__ = ["Stain", "TextureBank", "interp_grid", "make_stain", "render_region"]
+__all__ = [
+    "Scene",
+    "Stain",
+    "TextureBank",
+    "build_scene",
+    "interp_grid",
+    "label_mask",
+    "make_stain",
+    "render_region",
+    "render_scene",
+]
 
 _H_REF = np.array([0.62, 0.72, 0.31], dtype=np.float32)
 _E_REF = np.array([0.12, 0.88, 0.45], dtype=np.float32)
 _WHITE = 252.0
+_CELL = 32  # spacing of the coarse layout grid in level-0 pixels
+_BAND = 256  # mask rows computed at once
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -134,7 +150,7 @@ class TextureBank:
         t1 = float(rng.uniform(0.0, np.pi))
         t2 = t1 + float(rng.uniform(0.9, 1.6))
         f1, _, key = _worley(rng, 1024, 46, warp=2.5)
-        radius = 0.42 * 1024 / 46
+        radius = 0.5 * 1024 / 46
         self.tum_r = _Periodic(f1 / radius)
         self.tum_key = _Periodic(key)
         f1, _, key = _worley(rng, 768, 18, warp=3.0, metric=(3.0, 1.0, t1))
@@ -172,9 +188,9 @@ def make_stain(site_rng: np.random.Generator, slide_rng: np.random.Generator, si
     """
     h, e, hs, es = _H_REF.copy(), _E_REF.copy(), 1.0, 1.0
     if site > 0:
-        h = _unit(h + site_rng.normal(0.0, 0.09, 3).astype(np.float32))
-        e = _unit(e + site_rng.normal(0.0, 0.09, 3).astype(np.float32))
-        hs, es = (float(v) for v in site_rng.uniform(0.8, 1.2, 2))
+        h = _unit(h + site_rng.normal(0.0, 0.14, 3).astype(np.float32))
+        e = _unit(e + site_rng.normal(0.0, 0.14, 3).astype(np.float32))
+        hs, es = (float(v) for v in site_rng.uniform(0.75, 1.25, 2))
     h = _unit(h + slide_rng.normal(0.0, 0.015, 3).astype(np.float32))
     e = _unit(e + slide_rng.normal(0.0, 0.015, 3).astype(np.float32))
     hs *= float(slide_rng.uniform(0.95, 1.05))
@@ -194,21 +210,17 @@ def interp_grid(grid: np.ndarray, ys: np.ndarray, xs: np.ndarray, cell: float) -
     Returns:
         ``(..., len(ys), len(xs))`` float32 array.
     """
-    ay, y0, y1 = _interp_matrix(np.asarray(ys, dtype=np.float64) / cell, grid.shape[-2])
-    ax, x0, x1 = _interp_matrix(np.asarray(xs, dtype=np.float64) / cell, grid.shape[-1])
-    return ay @ grid[..., y0:y1, x0:x1] @ ax.T
-
-
-def _interp_matrix(pos: np.ndarray, n: int) -> tuple[np.ndarray, int, int]:
-    """Dense linear-interpolation weights of positions ``pos`` over grid samples ``[i0, i1)``."""
-    idx = np.clip(np.floor(pos).astype(np.intp), 0, n - 2)
-    w = np.clip(pos - idx, 0.0, 1.0).astype(np.float32)
-    i0, i1 = int(idx.min()), int(idx.max()) + 2
-    mat = np.zeros((len(pos), i1 - i0), dtype=np.float32)
-    rows = np.arange(len(pos))
-    mat[rows, idx - i0] = 1.0 - w
-    mat[rows, idx - i0 + 1] += w
-    return mat, i0, i1
+    fy = np.asarray(ys, dtype=np.float64) / cell
+    fx = np.asarray(xs, dtype=np.float64) / cell
+    iy = np.clip(np.floor(fy).astype(np.intp), 0, grid.shape[-2] - 2)
+    ix = np.clip(np.floor(fx).astype(np.intp), 0, grid.shape[-1] - 2)
+    wy = np.clip(fy - iy, 0.0, 1.0).astype(np.float32)[:, None]
+    wx = np.clip(fx - ix, 0.0, 1.0).astype(np.float32)
+    y0, x0 = int(iy.min()), int(ix.min())
+    local = grid[..., y0 : int(iy.max()) + 2, x0 : int(ix.max()) + 2]
+    iy, ix = iy - y0, ix - x0
+    rows = local[..., iy, :] * (1 - wy) + local[..., iy + 1, :] * wy
+    return rows[..., ix] * (1 - wx) + rows[..., ix + 1] * wx
 
 
 def _smooth01(x: np.ndarray) -> np.ndarray:
@@ -216,9 +228,10 @@ def _smooth01(x: np.ndarray) -> np.ndarray:
 
 
 def _tumor(bank: TextureBank, pos: tuple[int, int, int, int], density: np.ndarray) -> tuple:
-    r = bank.tum_r.patch(*pos)
-    keep = bank.tum_key.patch(*pos) < density
-    nuc = _smooth01((1.0 - r) * 4.0) * keep
+    key = bank.tum_key.patch(*pos)
+    r = bank.tum_r.patch(*pos) / (0.8 + 0.35 * ((key * 7.31) % 1.0))  # per-nucleus size
+    keep = key < density
+    nuc = _smooth01((1.0 - r) * 5.0) * keep
     g = bank.grain1.patch(*pos)
     h = 0.38 + 0.08 * g + nuc * (1.25 + 0.3 * g)
     e = 0.36 + 0.05 * bank.grain2.patch(*pos) - 0.2 * nuc
@@ -273,7 +286,7 @@ def render_region(
     conc_e = np.zeros((hgt, wid), dtype=np.float32)
     present = np.bincount(labels.ravel(), minlength=4)
     parts = {
-        1: lambda: _tumor(bank, pos, 0.8 + 0.15 * aux[1]),
+        1: lambda: _tumor(bank, pos, 0.88 + 0.1 * aux[1]),
         2: lambda: _stroma(bank, pos, 0.5 + 0.5 * aux[2]),
         3: lambda: _normal(bank, pos),
     }
@@ -294,3 +307,84 @@ def render_region(
         np.clip(val, 0.0, 255.0, out=val)
         out[..., c] = val
     return out
+
+
+@dataclass(frozen=True)
+class Scene:
+    """Coarse layout fields, textures and stain of one image."""
+
+    width: int
+    height: int
+    tissue: np.ndarray  # (ny, nx) tissue score; tissue where > threshold
+    threshold: float
+    classes: np.ndarray  # (3, ny, nx) class scores (tumour, stroma, normal), argmax wins
+    aux: np.ndarray  # (3, ny, nx) smooth modulation fields in [-1, 1]
+    bank: TextureBank
+    stain: Stain
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    field = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def _tissue_field(rng: np.random.Generator, width: int, height: int, frac: float) -> np.ndarray:
+    ny, nx = math.ceil(height / _CELL) + 2, math.ceil(width / _CELL) + 2
+    yy = (np.arange(ny, dtype=np.float32) * _CELL)[:, None]
+    xx = (np.arange(nx, dtype=np.float32) * _CELL)[None, :]
+    n_blobs = int(rng.integers(1, 4))
+    radius = math.sqrt(frac * width * height / (n_blobs * math.pi))
+    field = np.zeros((ny, nx), dtype=np.float32)
+    for _ in range(n_blobs):
+        cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.25, 0.75) * width
+        ang, aspect = rng.uniform(0, np.pi), rng.uniform(0.7, 1.4)
+        r = radius * rng.uniform(0.8, 1.2)
+        u = ((xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)) / (r * aspect)
+        v = (-(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)) * aspect / r
+        field = np.maximum(field, np.exp(-0.5 * (u * u + v * v)))
+    return field + 0.12 * _noise(rng, (ny, nx), max(radius / _CELL / 3, 1.0))
+
+
+def build_scene(width: int, height: int, seed: int, site: int, *, tissue_frac: tuple[float, float]) -> Scene:
+    rng = np.random.default_rng([seed, site, 0])
+    site_rng = np.random.default_rng([site, 0x5173])
+    biases = site_rng.normal(0.0, 0.45, 3) if site > 0 else np.zeros(3)
+    frac = float(rng.uniform(*tissue_frac))
+    tissue = _tissue_field(rng, width, height, frac)
+    inside = tissue[: math.ceil(height / _CELL), : math.ceil(width / _CELL)]
+    threshold = float(np.quantile(inside, 1.0 - frac))
+    region_px = float(np.clip(min(width, height) / 8, 100, 600))
+    shape = tissue.shape
+    classes = np.stack([_noise(rng, shape, region_px / _CELL) + b for b in biases])
+    aux = np.clip(0.6 * np.stack([_noise(rng, shape, 300 / _CELL) for _ in range(3)]), -1, 1)
+    bank = TextureBank(np.random.default_rng([seed, site, 1]))
+    stain = make_stain(site_rng, np.random.default_rng([seed, site, 2]), site)
+    return Scene(width, height, tissue, threshold, classes.astype(np.float32), aux, bank, stain)
+
+
+def label_mask(scene: Scene, ds: int) -> np.ndarray:
+    """Class ids at downsample ``ds`` (pixel centres sampled), computed in bands of rows."""
+    hm, wm = math.ceil(scene.height / ds), math.ceil(scene.width / ds)
+    xs = (np.arange(wm) + 0.5) * ds
+    out = np.empty((hm, wm), dtype=np.uint8)
+    for r0 in range(0, hm, _BAND):
+        ys = (np.arange(r0, min(r0 + _BAND, hm)) + 0.5) * ds
+        tissue = interp_grid(scene.tissue, ys, xs, _CELL) > scene.threshold
+        cls = np.argmax(interp_grid(scene.classes, ys, xs, _CELL), axis=0).astype(np.uint8) + 1
+        out[r0 : r0 + len(ys)] = np.where(tissue, cls, 0)
+    return out
+
+
+def render_scene(scene: Scene, labels: np.ndarray, ds: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Render level-0 pixels ``[y0:y0+h, x0:x0+w]``; pixels outside the image are background."""
+    ry = np.minimum((y0 + np.arange(h)) // ds, labels.shape[0] - 1)
+    rx = np.minimum((x0 + np.arange(w)) // ds, labels.shape[1] - 1)
+    lab = labels[np.ix_(ry, rx)]
+    lab[max(scene.height - y0, 0) :] = 0
+    lab[:, max(scene.width - x0, 0) :] = 0
+    # The aux fields vary over hundreds of pixels: sample every 4 px and repeat.
+    ny, nx = -(-h // 4), -(-w // 4)
+    coarse = interp_grid(scene.aux, y0 + 4 * np.arange(ny) + 2, x0 + 4 * np.arange(nx) + 2, _CELL)
+    aux = np.broadcast_to(coarse[:, :, None, :, None], (3, ny, 4, nx, 4))
+    aux = aux.reshape(3, 4 * ny, 4 * nx)[:, :h, :w]
+    return render_region(scene.bank, scene.stain, lab, aux, y0, x0)

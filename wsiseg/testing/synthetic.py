@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from wsiseg.classes import DEFAULT_CLASSES, WSSS4LUAD_PALETTE_REMAP
 from wsiseg.errors import ConfigError, DataError
-from wsiseg.testing._texture import Stain, TextureBank, interp_grid, make_stain, render_region
+from wsiseg.testing._texture import Scene, build_scene, label_mask, render_scene
 
 __all__ = [
     "WSSS4LUAD_COLORS",
@@ -31,13 +30,14 @@ __all__ = [
     "make_cohort",
     "make_patch_image",
     "make_slide",
+    "render_level0",
+    "write_cohort_csv",
     "write_wsss4luad_palette_mask",
 ]
 
 #: Palette of WSSS4LUAD masks: index 0 tumour, 1 stroma, 2 normal, 3 background.
 WSSS4LUAD_COLORS = ((0, 64, 128), (64, 128, 0), (243, 152, 0), (255, 255, 255))
-_CELL = 32  # spacing of the coarse layout grid in level-0 pixels
-_BAND = 256  # mask rows computed at once
+_SLIDE_TISSUE = (0.4, 0.6)  # range of the tissue fraction of a slide
 
 
 @dataclass(frozen=True)
@@ -52,86 +52,7 @@ class SyntheticSlide:
     mask_downsample: int
     site: int
     class_fractions: dict[str, float]
-
-
-@dataclass(frozen=True)
-class _Scene:
-    """Coarse layout fields, textures and stain of one image."""
-
-    width: int
-    height: int
-    tissue: np.ndarray  # (ny, nx) tissue score; tissue where > threshold
-    threshold: float
-    classes: np.ndarray  # (3, ny, nx) class scores (tumour, stroma, normal), argmax wins
-    aux: np.ndarray  # (3, ny, nx) smooth modulation fields in [-1, 1]
-    bank: TextureBank
-    stain: Stain
-
-
-def _noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    field = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
-    return (field - field.mean()) / (field.std() + 1e-8)
-
-
-def _tissue_field(rng: np.random.Generator, width: int, height: int, frac: float) -> np.ndarray:
-    ny, nx = math.ceil(height / _CELL) + 2, math.ceil(width / _CELL) + 2
-    yy = (np.arange(ny, dtype=np.float32) * _CELL)[:, None]
-    xx = (np.arange(nx, dtype=np.float32) * _CELL)[None, :]
-    n_blobs = int(rng.integers(1, 4))
-    radius = math.sqrt(frac * width * height / (n_blobs * math.pi))
-    field = np.zeros((ny, nx), dtype=np.float32)
-    for _ in range(n_blobs):
-        cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.25, 0.75) * width
-        ang, aspect = rng.uniform(0, np.pi), rng.uniform(0.7, 1.4)
-        r = radius * rng.uniform(0.8, 1.2)
-        u = ((xx - cx) * np.cos(ang) + (yy - cy) * np.sin(ang)) / (r * aspect)
-        v = (-(xx - cx) * np.sin(ang) + (yy - cy) * np.cos(ang)) * aspect / r
-        field = np.maximum(field, np.exp(-0.5 * (u * u + v * v)))
-    return field + 0.12 * _noise(rng, (ny, nx), max(radius / _CELL / 3, 1.0))
-
-
-def _build_scene(
-    width: int, height: int, seed: int, site: int, *, tissue_frac: tuple[float, float]
-) -> _Scene:
-    rng = np.random.default_rng([seed, site, 0])
-    site_rng = np.random.default_rng([site, 0x5173])
-    biases = site_rng.normal(0.0, 0.45, 3) if site > 0 else np.zeros(3)
-    frac = float(rng.uniform(*tissue_frac))
-    tissue = _tissue_field(rng, width, height, frac)
-    inside = tissue[: math.ceil(height / _CELL), : math.ceil(width / _CELL)]
-    threshold = float(np.quantile(inside, 1.0 - frac))
-    region_px = float(np.clip(min(width, height) / 8, 100, 600))
-    shape = tissue.shape
-    classes = np.stack([_noise(rng, shape, region_px / _CELL) + b for b in biases])
-    aux = np.clip(0.6 * np.stack([_noise(rng, shape, 300 / _CELL) for _ in range(3)]), -1, 1)
-    bank = TextureBank(np.random.default_rng([seed, site, 1]))
-    stain = make_stain(site_rng, np.random.default_rng([seed, site, 2]), site)
-    return _Scene(width, height, tissue, threshold, classes.astype(np.float32), aux, bank, stain)
-
-
-def _label_mask(scene: _Scene, ds: int) -> np.ndarray:
-    """Class ids at downsample ``ds`` (pixel centres sampled), computed in bands of rows."""
-    hm, wm = math.ceil(scene.height / ds), math.ceil(scene.width / ds)
-    xs = (np.arange(wm) + 0.5) * ds
-    out = np.empty((hm, wm), dtype=np.uint8)
-    for r0 in range(0, hm, _BAND):
-        ys = (np.arange(r0, min(r0 + _BAND, hm)) + 0.5) * ds
-        tissue = interp_grid(scene.tissue, ys, xs, _CELL) > scene.threshold
-        cls = np.argmax(interp_grid(scene.classes, ys, xs, _CELL), axis=0).astype(np.uint8) + 1
-        out[r0 : r0 + len(ys)] = np.where(tissue, cls, 0)
-    return out
-
-
-def _render(scene: _Scene, labels: np.ndarray, ds: int, y0: int, x0: int, h: int, w: int):
-    """Render level-0 pixels ``[y0:y0+h, x0:x0+w]``; pixels outside the image are background."""
-    ry = np.minimum((y0 + np.arange(h)) // ds, labels.shape[0] - 1)
-    rx = np.minimum((x0 + np.arange(w)) // ds, labels.shape[1] - 1)
-    lab = labels[np.ix_(ry, rx)]
-    lab[max(scene.height - y0, 0) :] = 0
-    lab[:, max(scene.width - x0, 0) :] = 0
-    ys, xs = y0 + np.arange(h) + 0.5, x0 + np.arange(w) + 0.5
-    aux = interp_grid(scene.aux, ys, xs, _CELL)
-    return render_region(scene.bank, scene.stain, lab, aux, y0, x0)
+    seed: int = 0
 
 
 def _reduce4(img: np.ndarray) -> np.ndarray:
@@ -147,12 +68,12 @@ def _reduce4(img: np.ndarray) -> np.ndarray:
 
 
 def _level0_tiles(
-    scene: _Scene, labels: np.ndarray, ds: int, tile: int, level1: np.ndarray
+    scene: Scene, labels: np.ndarray, ds: int, tile: int, level1: np.ndarray
 ) -> Iterator[np.ndarray]:
     """Yield level-0 tiles in row-major order and fill ``level1`` (downsample 4) on the way."""
     for y0 in range(0, scene.height, tile):
         for x0 in range(0, scene.width, tile):
-            rgb = _render(scene, labels, ds, y0, x0, tile, tile)
+            rgb = render_scene(scene, labels, ds, y0, x0, tile, tile)
             small = _reduce4(rgb)
             ly, lx = y0 // 4, x0 // 4
             hh, ww = min(small.shape[0], level1.shape[0] - ly), min(small.shape[1], level1.shape[1] - lx)
@@ -160,7 +81,9 @@ def _level0_tiles(
             yield rgb
 
 
-def _describe(width: int, height: int, tail: str, *, head: str = "", size=None) -> str:
+def _describe(
+    width: int, height: int, tail: str, *, head: str = "", size: tuple[int, int] | None = None
+) -> str:
     """Aperio ImageDescription: level 0 (``head``) or a reduced image of ``size`` (w, h)."""
     if size is None:
         dims = f"{width}x{height} [0,0 {width}x{height}] {head}"
@@ -232,8 +155,8 @@ def make_slide(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mask_path = path.with_name(f"{path.stem}_mask.png")
-    scene = _build_scene(width, height, seed, site, tissue_frac=(0.4, 0.6))
-    labels = _label_mask(scene, mask_downsample)
+    scene = build_scene(width, height, seed, site, tissue_frac=_SLIDE_TISSUE)
+    labels = label_mask(scene, mask_downsample)
     Image.fromarray(labels).save(mask_path)
     levels = [np.zeros((math.ceil(height / 4), math.ceil(width / 4), 3), dtype=np.uint8)]
     tail = f"AppMag = {10 / mpp:g}|ScanScope ID = WSISEG-SYNTH|Filename = {path.stem}|MPP = {mpp}"
@@ -267,9 +190,26 @@ def make_slide(
             size = (arr.shape[1], arr.shape[0])
             desc = _describe(width, height, tail, size=size)
             tw.write(arr, tile=(tile, tile), description=desc, **jpeg, **opts)
-    return SyntheticSlide(
-        path, mask_path, width, height, float(mpp), mask_downsample, site, _fractions(labels)
-    )
+    fractions = _fractions(labels)
+    return SyntheticSlide(path, mask_path, width, height, float(mpp), mask_downsample, site, fractions, seed)
+
+
+def render_level0(slide: SyntheticSlide, x: int, y: int, width: int, height: int) -> np.ndarray:
+    """Re-render the exact level-0 pixels (before JPEG) of a region of a ``make_slide`` slide.
+
+    Args:
+        slide: A slide returned by ``make_slide`` (its mask file must exist).
+        x: Left level-0 column.
+        y: Top level-0 row.
+        width: Region width.
+        height: Region height.
+
+    Returns:
+        ``(height, width, 3)`` uint8 RGB; pixels outside the slide are rendered as background.
+    """
+    scene = build_scene(slide.width, slide.height, slide.seed, slide.site, tissue_frac=_SLIDE_TISSUE)
+    labels = np.asarray(Image.open(slide.mask_path))
+    return render_scene(scene, labels, slide.mask_downsample, y, x, height, width)
 
 
 def make_cohort(
@@ -281,6 +221,7 @@ def make_cohort(
     seed: int = 0,
     mpp: float = 0.5,
     n_sites: int = 1,
+    on_slide: Callable[[SyntheticSlide], None] | None = None,
     **kw: int,
 ) -> list[SyntheticSlide]:
     """Write ``slide_000.svs``... with masks and a ``cohort.csv`` (slide, mask, site, width, height, mpp).
@@ -293,6 +234,7 @@ def make_cohort(
         seed: Cohort seed; slide ``i`` uses a seed derived from ``(seed, i)``.
         mpp: Microns per pixel of level 0.
         n_sites: Number of sites; slide ``i`` belongs to site ``i % n_sites``.
+        on_slide: Called after each slide is written (progress reporting).
         **kw: Passed to ``make_slide`` (``tile``, ``quality``, ``mask_downsample``, ``min_level_size``).
 
     Returns:
@@ -306,8 +248,9 @@ def make_cohort(
         raise ConfigError(msg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    slides = [
-        make_slide(
+    slides = []
+    for i in range(n_slides):
+        slide = make_slide(
             out / f"slide_{i:03d}.svs",
             width=width,
             height=height,
@@ -316,8 +259,9 @@ def make_cohort(
             site=i % n_sites,
             **kw,
         )
-        for i in range(n_slides)
-    ]
+        slides.append(slide)
+        if on_slide is not None:
+            on_slide(slide)
     write_cohort_csv(slides, out / "cohort.csv")
     return slides
 
@@ -353,13 +297,13 @@ def make_patch_image(
     _validate(width, height, 0.5, 16, 1, 85)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scene = _build_scene(width, height, seed, site, tissue_frac=(0.75, 0.9))
-    labels = _label_mask(scene, 1)
-    rgb = _render(scene, labels, 1, 0, 0, height, width)
+    scene = build_scene(width, height, seed, site, tissue_frac=(0.75, 0.9))
+    labels = label_mask(scene, 1)
+    rgb = render_scene(scene, labels, 1, 0, 0, height, width)
     Image.fromarray(rgb).save(path)
     mask_path = path.with_name(f"{path.stem}_mask.png")
     Image.fromarray(labels).save(mask_path)
-    return SyntheticSlide(path, mask_path, width, height, 0.5, 1, site, _fractions(labels))
+    return SyntheticSlide(path, mask_path, width, height, 0.5, 1, site, _fractions(labels), seed)
 
 
 def write_wsss4luad_palette_mask(labels: np.ndarray, path: str | Path) -> Path:

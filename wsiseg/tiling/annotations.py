@@ -202,10 +202,26 @@ def rasterize_geojson(
         polys = list(_polygons(feature.get("geometry")))
         if not polys:
             continue
-        class_id = _class_id(_classification_name(props), lookup, f"{label} feature {i}")
+        where = f"{label} feature {i}"
+        class_id = _class_id(_classification_name(props), lookup, where)
         for rings in polys:
-            _paint(out, [np.asarray(r, dtype=np.float64)[:, :2] / downsample for r in rings], class_id)
+            _paint(out, [_ring(r, downsample, where) for r in rings], class_id)
     return out
+
+
+def _ring(coords: Any, downsample: float, where: str) -> np.ndarray:
+    """GeoJSON ring (level-0 ``[[x, y(, z)], ...]``) -> ``(n, 2)`` label-pixel coordinates."""
+    try:
+        xy = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        msg = f"{where}: malformed polygon coordinates ({err}); re-export the GeoJSON"
+        raise DataError(msg) from err
+    if xy.size == 0:
+        return np.empty((0, 2))
+    if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
+        msg = f"{where}: a polygon ring must be a list of [x, y] pairs, got shape {xy.shape}"
+        raise DataError(msg)
+    return xy[:, :2] / downsample
 
 
 def _load_json(path: Path) -> Any:

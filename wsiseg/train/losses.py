@@ -157,7 +157,9 @@ class SegLoss(nn.Module):
                 f"model output has {logits.shape[1]} channels but the loss expects {self.num_classes} classes"
             )
             raise ValueError(msg)
-        check_target(logits, target, ignore_index=self.ignore_index)
+        if logits.shape[:1] + logits.shape[2:] != target.shape:
+            msg = f"target shape {tuple(target.shape)} does not fit output {tuple(logits.shape)} (want N,H,W)"
+            raise ValueError(msg)
         ignore = -100 if self.ignore_index is None else self.ignore_index
         ce = F.cross_entropy(logits, target.long(), ignore_index=ignore)
         dice = _dice_unchecked(logits, target, smooth=self.smooth, ignore_index=self.ignore_index)
@@ -174,6 +176,7 @@ class SegLoss(nn.Module):
             if missing:
                 msg = f"output_weights use indices {missing} but the model returned {len(tensors)} outputs"
                 raise ValueError(msg)
+        check_target(tensors[next(iter(weights))], target, ignore_index=self.ignore_index)  # once per call
         total = ce_sum = dice_sum = torch.zeros((), device=tensors[0].device)
         per_output: dict[str, torch.Tensor] = {}
         for index, weight in weights.items():
@@ -185,6 +188,8 @@ class SegLoss(nn.Module):
         logged = {"loss": total.detach(), "ce": ce_sum, "dice": dice_sum}
         if not isinstance(outputs, torch.Tensor):
             logged.update(per_output)
-        values = torch.stack(list(logged.values())).tolist()  # one device sync for all components
+        values = torch.stack(
+            [v.float() for v in logged.values()]
+        ).tolist()  # one device sync for all components
         self.last_components = dict(zip(logged, values, strict=True))
         return total

@@ -132,7 +132,7 @@ def confusion_matrix(
             p, t = p[keep], t[keep]
         _check_range(t, num_classes, "target")
         _check_range(p, num_classes, "prediction")
-        index = p.astype(np.int64); p = t
+        index = t.astype(np.int64)
         index *= num_classes
         index += p
         counts += np.bincount(index, minlength=num_classes * num_classes)
@@ -284,7 +284,7 @@ def _json_float(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MetricReport:
     """Result of :meth:`MetricAccumulator.compute`.
 

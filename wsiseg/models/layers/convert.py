@@ -18,9 +18,9 @@ __all__ = ["apply_norm", "batchnorm_names", "batchnorm_to_groupnorm", "check_nor
 def batchnorm_to_groupnorm(module: nn.Module, max_groups: int = 32) -> nn.Module:
     """Replace every BatchNorm layer in ``module`` by a GroupNorm.
 
-    Each ``BatchNorm{1,2,3}d`` with ``C`` channels becomes ``GroupNorm(g, C)`` with ``g`` the largest divisor
-    of ``C`` that is at most ``max_groups``. The epsilon is kept, and the affine ``weight``/``bias`` are copied
-    so pretrained scale and shift survive; running statistics are dropped (GroupNorm has none).
+    Each ``BatchNorm{1,2,3}d`` with ``C`` channels becomes ``GroupNorm(g, C)`` with ``g`` the largest
+    divisor of ``C`` that is at most ``max_groups``. The epsilon is kept, and the affine ``weight``/``bias``
+    are copied so pretrained scale and shift survive; running statistics are dropped (GroupNorm has none).
 
     The children are replaced in place (the tree is usually freshly built); the root is returned, and is a new
     module only when ``module`` itself is a BatchNorm.

@@ -96,7 +96,11 @@ def load_matching(
             f"pass weights saved from a {what}"
         )
         raise ModelError(msg)
-    bad = [f"{k} {tuple(state[k].shape)}!={tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    bad = [
+        f"{k} {tuple(state[k].shape)}!={tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if bad:
         msg = f"{source}: {len(bad)} tensors have the wrong shape for a {what} (e.g. {bad[:3]})"
         raise ModelError(msg)

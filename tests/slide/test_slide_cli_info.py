@@ -1,0 +1,75 @@
+"""``wsiseg info`` on generated and missing slides, through a tiny Typer app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from typer.testing import CliRunner
+
+from wsiseg.cli.info import info
+
+if TYPE_CHECKING:
+    from conftest import SyntheticSlide
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(info)
+    return app
+
+
+def test_info_table(aperio_slide: SyntheticSlide) -> None:
+    result = CliRunner().invoke(_app(), [str(aperio_slide.path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # tables go to stderr
+    err = result.stderr
+    assert "synthetic slide (1).svs" in err
+    assert "openslide" in err
+    assert "aperio" in err
+    assert "2048 x 1536 px" in err
+    assert "2: 128 x 96  (downsample 16)" in err
+    assert "0.5000 x 0.5000 µm/px" in err
+    assert "20x" in err
+    assert "label, macro, thumbnail" in err
+
+
+def test_info_json(aperio_slide: SyntheticSlide) -> None:
+    args = ["--json", "--backend", "tiffslide", str(aperio_slide.path)]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert len(data) == 1
+    facts = data[0]
+    assert facts["path"] == str(aperio_slide.path)
+    assert facts["backend"] == "tiffslide"
+    assert facts["dimensions"] == [2048, 1536]
+    assert facts["level_count"] == 3
+    assert [lv["downsample"] for lv in facts["levels"]] == [1.0, 4.0, 16.0]
+    assert facts["mpp"] == [0.5, 0.5]
+    assert facts["objective_power"] == 20.0
+    assert facts["vendor"] == "aperio"
+
+
+def test_info_one_good_one_missing(aperio_slide: SyntheticSlide, tmp_path: Path) -> None:
+    missing = tmp_path / "missing slide.svs"
+    for extra in ([], ["--json"]):
+        args = [*extra, str(missing), str(aperio_slide.path)]
+        result = CliRunner().invoke(_app(), args, terminal_width=300)
+        assert result.exit_code == 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1
+        assert str(missing) in errors[0]
+        assert "not found" in errors[0]
+        if extra:
+            assert [f["path"] for f in json.loads(result.stdout)] == [str(aperio_slide.path)]
+        else:
+            assert "2048 x 1536 px" in result.stderr
+
+
+def test_info_bad_backend(aperio_slide: SyntheticSlide) -> None:
+    result = CliRunner().invoke(_app(), ["--backend", "vips", str(aperio_slide.path)])
+    assert result.exit_code != 0
+    assert "unknown --backend 'vips'" in str(result.exception)

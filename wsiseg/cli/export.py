@@ -1,0 +1,72 @@
+"""``wsiseg export``: overlays, QuPath GeoJSON and class areas from predicted masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["export"]
+
+
+def export(
+    masks: Annotated[list[Path], typer.Argument(help="Predicted mask.tif file(s) from `wsiseg predict`.")],
+    slide: Annotated[Path | None, typer.Option(help="The slide of a single mask (for the overlay).")] = None,
+    slides: Annotated[
+        Path | None, typer.Option(help="Folder with slides named like the masks (for batches).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("export"),
+    min_area: Annotated[
+        float, typer.Option(help="Drop regions below this area (um^2; px^2 without mpp).")
+    ] = 0.0,
+    geojson_mpp: Annotated[
+        float, typer.Option(help="Polygonise from the mask level nearest this um/px (QuPath-friendly).")
+    ] = 4.0,
+    object_type: Annotated[str, typer.Option("--as", help="QuPath object type: annotation or detection.")] = (
+        "annotation"
+    ),
+    alpha: Annotated[float, typer.Option(help="Overlay opacity of class colours.")] = 0.4,
+    overlay_tiff: Annotated[bool, typer.Option(help="Also write an RGB pyramidal overlay TIFF.")] = False,
+) -> None:
+    """Write an overlay PNG, QuPath GeoJSON and a CSV of class areas for each mask."""
+    from rich.table import Table
+
+    from wsiseg.cli._console import console
+    from wsiseg.errors import ConfigError, WsisegError
+    from wsiseg.export.report import export_mask
+
+    if slide is not None and len(masks) > 1:
+        msg = "--slide goes with one mask; use --slides DIR for several"
+        raise ConfigError(msg)
+    table = Table(title=f"Exported to {out}")
+    for col in ("mask", "regions", "tumor mm2", "stroma mm2", "normal mm2", "TSR", "files"):
+        table.add_column(col)
+    failed = 0
+    for mask in masks:
+        src = slide if slide is not None else _find_slide(mask, slides)
+        try:
+            res = export_mask(mask, out, slide=src, min_area=min_area, geojson_mpp=geojson_mpp,
+                              object_type=object_type, alpha=alpha, overlay_tiff=overlay_tiff)  # fmt: skip
+        except WsisegError as err:
+            failed += 1
+            console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
+            continue
+        areas = {r.class_name: r.area_mm2 for r in res.areas}
+        tsr = next((r.tumor_stroma_ratio for r in res.areas if r.tumor_stroma_ratio is not None), None)
+        table.add_row(
+            mask.name, str(res.n_features),
+            *[f"{areas[c]:.3f}" if areas.get(c) is not None else "-" for c in ("tumor", "stroma", "normal")],
+            f"{tsr:.2f}" if tsr is not None else "-", ", ".join(p.name for p in res.files),
+        )  # fmt: skip
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _find_slide(mask: Path, folder: Path | None) -> Path | None:
+    if folder is None:
+        return None
+    stem = mask.name.split(".")[0]
+    matches = sorted(p for p in folder.iterdir() if p.name.split(".")[0] == stem and p.suffix != ".json")
+    return matches[0] if matches else None
