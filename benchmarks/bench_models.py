@@ -105,9 +105,6 @@ def bench(name: str, s: Setting, size: int, warmup: int, iters: int) -> tuple[fl
     f = _rate(fwd, s, warmup, iters)
     model.train()
     fb = _rate(fwd_bwd, s, warmup, iters)
-    del model, run, x
-    if s.device == "cuda":
-        torch.cuda.empty_cache()
     return f, fb
 
 
@@ -139,6 +136,8 @@ def main() -> None:
                 row = f"| {name} | {s.device} | {s.batch} | {s.label} | {f:.1f} | {fb:.1f} |"
             except Exception as err:  # a failing setting (e.g. OOM) must not stop the table
                 row = f"| {name} | {s.device} | {s.batch} | {s.label} | failed: {type(err).__name__} | |"
+            if s.device == "cuda":
+                torch.cuda.empty_cache()
             print(row, flush=True)
             lines.append(row)
     table = "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from wsiseg.inference.stitching import (
     EMIT_ROWS,
     BandStitcher,
     band_memory_bytes,
+    finalize_rows,
     ring_segments,
     stitch_geometry,
 )
@@ -166,7 +167,9 @@ def test_skipped_windows_leave_unanalysed_value() -> None:
     field = np.zeros((2, h, w), np.float32)
     field[1] = 1.0
     skip = {(32, 32), (32, 48), (48, 32), (48, 48)}
-    _, sink = run(field, 32, 16, keep=lambda x, y: (x, y) not in skip, unanalysed_value=255, emit_probs=True)
+    _, sink = run(
+        field, 32, 16, keep=lambda x, y: (x, y) not in skip, unanalysed_value=255, emit_probs=True
+    )
     hole = np.zeros((h, w), bool)
     hole[48:64, 48:64] = True
     assert np.all(sink.labels[hole] == 255)
@@ -244,3 +247,12 @@ def test_invalid_input_is_rejected() -> None:
         BandStitcher(50, 50, 16, 8, 2, sink, label_offset=255)
     with pytest.raises(ConfigError):
         BandStitcher(50, 50, 16, 8, 2, sink, weights=np.zeros((16, 16)))
+
+
+def test_finalize_rows_ties_and_offsets() -> None:
+    acc = np.array([[[0.2, 0.5, 0.0]], [[0.2, 0.1, 0.0]], [[0.6, 0.5, 0.0]]], np.float32)
+    wsum = np.array([[1.0, 1.0, 0.0]], np.float32)
+    labels, probs = finalize_rows(acc, wsum, label_offset=1, unanalysed_value=0, with_probs=True)
+    np.testing.assert_array_equal(labels, [[3, 1, 0]])  # tie at pixel 1 -> first class wins
+    assert probs is not None
+    np.testing.assert_array_equal(probs[0], [[51, 51, 153], [128, 26, 128], [0, 0, 0]])

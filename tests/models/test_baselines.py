@@ -1,4 +1,4 @@
-"""Tests for the six FedDP Table-I baselines (FCN, U-Net, DeepLabV3, UPerNet/ConvNeXt, Swin-Unet, TransFuse)."""
+"""Tests for the six FedDP Table-I baselines: FCN, U-Net, DeepLabV3, UPerNet, Swin-Unet, TransFuse."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def test_full_parameter_count_matches_official(full: DHUnet) -> None:
     assert parts == {"global_encoder": 20_411_850, "local_encoder": 20_607_072}
     stages = [round(sum(p.numel() for p in b.parameters()) / 1e6, 3) for b in full.decoder]
     assert stages == [8.261, 3.393, 0.849, 1.862]
-    assert full.segment.bias is None and full.segment.kernel_size == (1, 1)
+    assert full.segment.bias is None
+    assert full.segment.kernel_size == (1, 1)
     assert sum(p.numel() for p in full.deep_supervision.parameters()) == 27_664
 
 
@@ -68,7 +69,8 @@ def test_full_forward_shapes_and_decoder_pyramid(full: DHUnet) -> None:
     full.eval()
     with torch.no_grad():
         y, outs = _decoder_outputs(full, torch.randn(1, 3, 224, 224))
-    assert isinstance(y, torch.Tensor) and y.shape == (1, NUM_CLASSES, 224, 224)
+    assert isinstance(y, torch.Tensor)
+    assert y.shape == (1, NUM_CLASSES, 224, 224)
     assert [tuple(o.shape[1:]) for o in outs] == [(384, 14, 14), (192, 28, 28), (96, 56, 56), (96, 224, 224)]
 
 
@@ -95,7 +97,8 @@ def test_train_mode_returns_deep_supervision_list_in_official_order() -> None:
     model = _tiny(img_size=64).train()
     x = torch.randn(2, 3, 64, 64)
     y, outs = _decoder_outputs(model, x)
-    assert isinstance(y, list) and len(y) == 5
+    assert isinstance(y, list)
+    assert len(y) == 5
     assert all(t.shape == (2, NUM_CLASSES, 64, 64) for t in y)
     # [final, aux(out3), aux(out2), aux(out1), aux(out0)]
     assert torch.equal(y[0], model.segment(outs[3]))
@@ -169,7 +172,8 @@ def test_grayscale_and_global_input() -> None:
 def test_groupnorm_variant_has_no_batchnorm() -> None:
     model = _tiny(img_size=64, norm="groupnorm")
     decoder_norms = [m for m in model.decoder.modules() if isinstance(m, nn.BatchNorm2d | nn.GroupNorm)]
-    assert decoder_norms and all(isinstance(m, nn.GroupNorm) for m in decoder_norms)
+    assert decoder_norms
+    assert all(isinstance(m, nn.GroupNorm) for m in decoder_norms)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert not [n for n, _ in model.named_buffers() if "running" in n]
     # without batch statistics, a sample's output does not depend on the rest of the batch in train mode
@@ -186,7 +190,8 @@ def test_groupnorm_variant_has_no_batchnorm() -> None:
 def test_same_seed_same_weights_and_outputs() -> None:
     a, b = _tiny(img_size=64).eval(), _tiny(img_size=64).eval()
     sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(a(x), b(x))

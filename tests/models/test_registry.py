@@ -27,7 +27,8 @@ def scratch_name() -> Iterator[str]:
 def test_unknown_name_lists_known_models() -> None:
     with pytest.raises(ModelError, match="unknown model 'nope'") as info:
         create_model("nope")
-    assert "dhunet" in str(info.value) and "dhunet_tiny" in str(info.value)
+    assert "dhunet" in str(info.value)
+    assert "dhunet_tiny" in str(info.value)
 
 
 def test_list_models_pattern_and_tiny_filter() -> None:
@@ -39,7 +40,8 @@ def test_list_models_pattern_and_tiny_filter() -> None:
 
 def test_dhunet_entry_metadata() -> None:
     entry = get_entry("dhunet")
-    assert entry.family == "dhunet" and not entry.tiny
+    assert entry.family == "dhunet"
+    assert not entry.tiny
     assert entry.paper_row == "93.07/87.04/97.52 | 85.78/76.89/91.29 | 85.23/76.26/91.09"
     assert entry.meta["params_m"] == pytest.approx(55.41)
     assert get_entry("dhunet_tiny").tiny
@@ -79,6 +81,8 @@ def test_models_cli_json_and_table() -> None:
     assert rows[0]["params_m"] == round(sum(p.numel() for p in tiny.parameters()) / 1e6, 3)
     assert rows[0]["gflops_224"] == pytest.approx(count_gflops(tiny), abs=0.01)
     table = runner.invoke(app, ["--tiny", "--pattern", "dhunet_tiny", "--no-flops"])
-    assert table.exit_code == 0 and "dhunet_tiny" in table.output and "2 x multiply" in table.output
+    assert table.exit_code == 0
+    assert "dhunet_tiny" in table.output
+    assert "2 x multiply" in table.output
     missing = runner.invoke(app, ["--pattern", "dhunet_tiny"])  # tiny variants hidden by default
     assert isinstance(missing.exception, ModelError)

@@ -66,9 +66,17 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from wsiseg.cli import info  # noqa: PLC0415
+    from wsiseg.cli import export, info, models, synth, tile, train
 
-    for name, func in [("info", info.info)]:
+    commands = [
+        ("synth", synth.synth),
+        ("info", info.info),
+        ("tile", tile.tile),
+        ("models", models.models),
+        ("train", train.train),
+        ("export", export.export),
+    ]
+    for name, func in commands:
         app.command(name)(_guard(func))
 
 

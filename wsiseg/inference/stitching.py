@@ -16,10 +16,10 @@ final: it is turned into uint8 labels (argmax) and optional uint8 probabilities 
 sink, then its band rows are zeroed and reused.
 
 Memory bound (bytes): ``window * width * (C + 1) * 4`` for the band, plus
-``C * window * window * 4`` scratch and per-emission temporaries of at most
-``EMIT_ROWS * width * (C * 4 + 9)``. It depends on the slide WIDTH only: for a 100k x 100k level-0
-slide at s = 0.224 (width 22400, window 224, C = 4) the band is 96 MiB, against 10 GB for a full
-model-resolution canvas.
+``C * window * window * 4`` scratch and per-emission temporaries of about ``EMIT_ROWS * width * 8``
+(labels only) or ``EMIT_ROWS * width * (6 * C + 8)`` (with uint8 probabilities). It depends on the
+slide WIDTH only: for a 100k x 100k level-0 slide at s = 0.224 (width 22400, window 224, C = 4) the
+band is 96 MiB and the temporaries 11 / 46 MiB, against 10 GB for a full model-resolution canvas.
 """
 
 from __future__ import annotations
@@ -136,6 +136,21 @@ def ring_segments(start: int, count: int, size: int) -> list[tuple[int, int, int
     return segments
 
 
+def _argmax_classes(acc: np.ndarray) -> np.ndarray:
+    """``argmax(acc, axis=0)`` as uint8 (first maximum wins), via contiguous per-class passes.
+
+    Avoids the transposed copy ``np.argmax`` makes over the leading axis (about 25% faster).
+    """
+    labels = np.zeros(acc.shape[1:], dtype=np.uint8)
+    best = acc[0].copy()
+    better = np.empty(acc.shape[1:], dtype=bool)
+    for c in range(1, acc.shape[0]):
+        np.greater(acc[c], best, out=better)
+        np.copyto(labels, np.uint8(c), where=better)
+        np.maximum(best, acc[c], out=best)
+    return labels
+
+
 def finalize_rows(
     acc: np.ndarray,
     wsum: np.ndarray,
@@ -160,7 +175,7 @@ def finalize_rows(
         ``(labels (n, width) uint8, probs (n, width, C) of ``prob_dtype`` or None)``.
     """
     covered = wsum > 0
-    labels = np.argmax(acc, axis=0).astype(np.uint8)
+    labels = _argmax_classes(acc)
     if label_offset:
         labels += np.uint8(label_offset)
     labels[~covered] = unanalysed_value

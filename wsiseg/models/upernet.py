@@ -191,7 +191,7 @@ def convnext(
 def convnext_tiny(
     *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
 ) -> UPerNetConvNeXt:
-    """Test variant: ConvNeXt depths (1,1,1,1), dims (16,32,64,128), head width 32 (not timm's ConvNeXt-T).
+    """Test variant: ConvNeXt depths (1,1,1,1), dims (16,32,64,128), head width 64 (not timm's ConvNeXt-T).
 
     ``pretrained`` may be a local state dict of ``timm.models.convnext.ConvNeXt(depths=(1, 1, 1, 1),
     dims=(16, 32, 64, 128))``; True is refused.
@@ -203,5 +203,5 @@ def convnext_tiny(
         depths=(1, 1, 1, 1),
         dims=(16, 32, 64, 128),
         drop_path_rate=0.1,
-        head_channels=32,
+        head_channels=64,
     )

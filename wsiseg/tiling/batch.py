@@ -109,21 +109,22 @@ def find_label_file(slide: Path, masks_dir: Path | None) -> Path | None:
 
 def load_labels(path: Path, level0_size: tuple[int, int], classes: ClassTable, palette: str) -> LabelSource:
     """Load a label image, QuPath GeoJSON or ASAP XML as class ids at a downsample of the slide."""
-    from wsiseg.tiling import annotations  # noqa: PLC0415
+    # Not `from wsiseg.tiling import annotations`: that name is the __future__ feature in the package.
+    from wsiseg.tiling.annotations import (  # noqa: PLC0415
+        load_label_image,
+        rasterize_asap_xml,
+        rasterize_geojson,
+    )
 
     suffix = path.suffix.lower()
     if suffix in {".geojson", ".json", ".xml"}:
         ds = max(4.0, float(-(-max(level0_size) // 16384)))
         if suffix == ".xml":
-            labels = annotations.rasterize_asap_xml(
-                path, level0_size=level0_size, downsample=ds, classes=classes
-            )
+            labels = rasterize_asap_xml(path, level0_size=level0_size, downsample=ds, classes=classes)
         else:
-            labels = annotations.rasterize_geojson(
-                path, level0_size=level0_size, downsample=ds, classes=classes
-            )
+            labels = rasterize_geojson(path, level0_size=level0_size, downsample=ds, classes=classes)
         return LabelSource(labels, ds, str(path))
-    labels, ds = annotations.load_label_image(path, level0_size=level0_size, palette=palette)
+    labels, ds = load_label_image(path, level0_size=level0_size, palette=palette)
     return LabelSource(labels, float(ds), str(path))
 
 
