@@ -99,7 +99,8 @@ class SwinUnet(nn.Module):
             num_heads=tuple(num_heads), window_size=window_size, drop_path_rate=drop_path_rate, num_classes=0,
         )  # fmt: skip
         self.encoder.head = nn.Identity()
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # as torch.linspace
         grid = img_size // patch_size
         levels = range(n - 2, -1, -1)  # decoder levels, deepest first
         self.bottleneck_expand = PatchExpand(dims[-1], 2, dims[-1] // 2)

@@ -28,7 +28,7 @@ __all__ = [
 
 SLIDE_SUFFIXES = {
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide",
-    ".png", ".jpg", ".jpeg",
+    ".png", ".jpg", ".jpeg", ".dcm",
 }  # fmt: skip
 LABEL_SUFFIXES = (".png", ".tif", ".tiff", ".geojson", ".json", ".xml")
 _MASK_MARKERS = ("_mask", "_gt", "_labels", "-mask")
@@ -51,7 +51,11 @@ def _is_label_name(path: Path) -> bool:
 
 
 def _is_dicom_dir(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+    """A folder of ``.dcm`` files only (one DICOM-WSI series, one file per level) is one slide."""
+    if not path.is_dir():
+        return False
+    entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+    return bool(entries) and all(p.is_file() and p.suffix.lower() == ".dcm" for p in entries)
 
 
 def _scan_dir(folder: Path) -> list[Path]:

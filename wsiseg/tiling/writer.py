@@ -54,7 +54,7 @@ def slide_id_for(path: Path) -> str:
             stem = stem[: -len(suffix)]
             break
     else:
-        stem = path.stem if path.is_file() else path.name
+        stem = path.name if path.is_dir() else path.stem
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.") or "slide"
 
 
