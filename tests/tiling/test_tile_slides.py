@@ -89,7 +89,8 @@ def test_resume_skips_and_overwrite_redoes(cohort: Path, tmp_path: Path) -> None
 def test_workers_give_identical_tiles(cohort: Path, tmp_path: Path) -> None:
     one = tile_many([cohort / "a.svs"], tmp_path / "one", TilingConfig(), workers=1)[0].entry
     two = tile_many([cohort / "a.svs"], tmp_path / "two", TilingConfig(), workers=2)[0].entry
-    assert one is not None and two is not None
+    assert one is not None
+    assert two is not None
     assert one.n_tiles == two.n_tiles
     r1 = load_manifest(tmp_path / "one").records
     r2 = load_manifest(tmp_path / "two").records
@@ -156,8 +157,8 @@ def test_geojson_masks_via_tiling(tmp_path: Path) -> None:
     masks = tmp_path / "ann"
     masks.mkdir()
     square = [[1000, 500], [1600, 500], [1600, 1100], [1000, 1100], [1000, 500]]
-    feat = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]},
-            "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [0, 64, 128]}}}  # fmt: skip
+    props = {"objectType": "annotation", "classification": {"name": "Tumor", "color": [0, 64, 128]}}
+    feat = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}, "properties": props}
     (masks / "g.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
     tile_many(
         [tmp_path / "g.svs"], tmp_path / "tiles", TilingConfig(min_tissue=0.0), masks_dir=masks, workers=1
