@@ -139,12 +139,12 @@ def test_batchnorm_to_groupnorm_keeps_structure_and_affine() -> None:
     seq = nn.Sequential(nn.Conv2d(3, 48, 3), bn, nn.Sequential(nn.BatchNorm2d(6)))
     keys = [k for k in seq.state_dict() if "running" not in k and "num_batches" not in k]
     out = batchnorm_to_groupnorm(seq)
-    assert out is seq
-    assert isinstance(seq[1], nn.GroupNorm)
-    assert seq[1].num_groups == 24
-    assert seq[2][0].num_groups == 6
-    assert torch.equal(seq[1].weight, bn.weight)
-    assert list(seq.state_dict()) == keys
+    assert isinstance(seq[1], nn.BatchNorm2d)  # the input is left alone
+    assert isinstance(out[1], nn.GroupNorm)
+    assert out[1].num_groups == 24
+    assert out[2][0].num_groups == 6
+    assert torch.equal(out[1].weight, bn.weight)
+    assert list(out.state_dict()) == keys
 
 
 def _save(state: dict[str, torch.Tensor], path: Path) -> Path:

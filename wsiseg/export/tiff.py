@@ -109,7 +109,7 @@ class MaskTiffWriter:
         width: int,
         height: int,
         *,
-        mpp: float,
+        mpp: float | None,
         classes: ClassTable,
         kind: str = "labels",
         label_offset: int = 0,
@@ -124,7 +124,7 @@ class MaskTiffWriter:
         if not self.path.parent.is_dir():
             msg = f"output folder {self.path.parent} does not exist; create it first"
             raise DataError(msg)
-        if width < 1 or height < 1 or not mpp > 0:
+        if width < 1 or height < 1 or (mpp is not None and not mpp > 0):
             msg = f"mask {self.path} needs positive size and mpp, got {width}x{height}, mpp {mpp}"
             raise DataError(msg)
         self.width, self.height, self.mpp, self.ome, self.workers = width, height, mpp, ome, workers
@@ -256,30 +256,32 @@ class MaskTiffWriter:
         text = json.dumps(self.metadata)
         with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > 2**31, ome=self.ome) as tif:
             for level, (w, h) in enumerate(self.levels):
-                mpp = self.mpp * 2**level
                 options: dict[str, Any] = {
                     "shape": (h, w),
                     "dtype": np.uint8,
                     "tile": (TILE, TILE),
                     "compression": "zlib",
                     "photometric": "minisblack",
-                    "resolution": (1e4 / mpp, 1e4 / mpp),
-                    "resolutionunit": "CENTIMETER",
                     "subfiletype": 0 if level == 0 else 1,
                     "maxworkers": self.workers,
                     "metadata": None,
                 }
+                if self.mpp is not None:  # a slide without mpp gives a mask without resolution tags
+                    mpp = self.mpp * 2**level
+                    options["resolution"] = (1e4 / mpp, 1e4 / mpp)
+                    options["resolutionunit"] = "CENTIMETER"
                 if level == 0 and self.ome:
                     options["subifds"] = len(self.levels) - 1
                     options["metadata"] = {
                         "axes": "YX",
-                        "PhysicalSizeX": self.mpp,
-                        "PhysicalSizeXUnit": "µm",
-                        "PhysicalSizeY": self.mpp,
-                        "PhysicalSizeYUnit": "µm",
                         "Name": self.path.stem,
                         "Description": text,
                     }
+                    if self.mpp is not None:
+                        options["metadata"].update(
+                            PhysicalSizeX=self.mpp, PhysicalSizeXUnit="µm",
+                            PhysicalSizeY=self.mpp, PhysicalSizeYUnit="µm",
+                        )  # fmt: skip
                 elif level == 0:
                     options["description"] = text
                 tif.write(_iter_tiles(self._raw_path(level), w, h), **options)
@@ -336,7 +338,7 @@ def open_prob_writers(
     width: int,
     height: int,
     *,
-    mpp: float,
+    mpp: float | None,
     classes: ClassTable,
     **kwargs: Any,
 ) -> list[MaskTiffWriter]:

@@ -189,8 +189,13 @@ class DHUnet(nn.Module):
         """
         x = self._check_input(x)
         xg = x if x_global is None else self._check_input(x_global)
-        local = self.local_encoder.forward_intermediates(x, intermediates_only=True)[::-1]
-        glob = self.global_encoder.forward_intermediates(xg, intermediates_only=True)[::-1]
+        # timm's ConvNeXt returns channels-last strides; on CPU a channels-last input makes the large-kernel
+        # transposed convs of the x4 expand ~50x slower, so features follow the input's memory format.
+        fmt = _memory_format(x)
+        local = self.local_encoder.forward_intermediates(x, intermediates_only=True)
+        glob = self.global_encoder.forward_intermediates(xg, intermediates_only=True)
+        local = [f.contiguous(memory_format=fmt) for f in reversed(local)]
+        glob = [f.contiguous(memory_format=fmt) for f in reversed(glob)]
         outs: list[torch.Tensor] = []
         out: torch.Tensor | None = None
         for block, feat_l, feat_g in zip(self.decoder, local, glob, strict=True):
@@ -218,6 +223,11 @@ class DHUnet(nn.Module):
             )
             raise ModelError(msg)
         return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _aux_head(in_ch: int, num_classes: int, scale: int) -> nn.Sequential:

@@ -7,6 +7,8 @@ all other layers (and the ``weight``/``bias`` keys of the norms) stay the same.
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from wsiseg.errors import ModelError
@@ -16,26 +18,28 @@ __all__ = ["apply_norm", "batchnorm_names", "batchnorm_to_groupnorm", "check_nor
 
 
 def batchnorm_to_groupnorm(module: nn.Module, max_groups: int = 32) -> nn.Module:
-    """Replace every BatchNorm layer in ``module`` by a GroupNorm.
+    """Return a copy of ``module`` with every BatchNorm layer replaced by a GroupNorm.
 
     Each ``BatchNorm{1,2,3}d`` with ``C`` channels becomes ``GroupNorm(g, C)`` with ``g`` the largest
     divisor of ``C`` that is at most ``max_groups``. The epsilon is kept, and the affine ``weight``/``bias``
     are copied so pretrained scale and shift survive; running statistics are dropped (GroupNorm has none).
-
-    The children are replaced in place (the tree is usually freshly built); the root is returned, and is a new
-    module only when ``module`` itself is a BatchNorm.
+    Module names and nesting are unchanged. The input module is not modified.
 
     Args:
         module: Any module tree.
         max_groups: Upper bound on the number of groups.
 
     Returns:
-        The converted module.
+        The converted copy.
     """
+    return _swap_batchnorm(copy.deepcopy(module), max_groups)
+
+
+def _swap_batchnorm(module: nn.Module, max_groups: int) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return _group_norm_like(module, max_groups)
     for name, child in list(module.named_children()):
-        new = batchnorm_to_groupnorm(child, max_groups)
+        new = _swap_batchnorm(child, max_groups)
         if new is not child:
             setattr(module, name, new)
     return module
@@ -54,7 +58,7 @@ def apply_norm(module: nn.Module, norm: str) -> nn.Module:
         norm: ``"batchnorm"`` (keep as built) or ``"groupnorm"`` (convert every BatchNorm).
 
     Returns:
-        The (possibly converted) model.
+        ``module`` itself for ``"batchnorm"``, a converted copy for ``"groupnorm"``.
 
     Raises:
         ModelError: For an unknown norm name.

@@ -1,0 +1,96 @@
+"""``wsiseg predict``: whole-slide segmentation into a pyramidal ``mask.tif`` that viewers open."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["predict"]
+
+
+def predict(
+    slides: Annotated[list[str], typer.Argument(help="Slide files, folders or globs.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="mask.tif for one slide, or a folder for several.")
+    ] = Path("predictions"),
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Checkpoint (default: newest run in --runs).")
+    ] = None,
+    runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
+    workers: Annotated[int, typer.Option(help="Reader processes.")] = min(2, os.cpu_count() or 1),
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="Slide reader: auto, openslide, tiffslide, pillow.")] = "auto",
+    slide_mpp: Annotated[float | None, typer.Option(help="um/px for slides without mpp.")] = None,
+    min_tissue: Annotated[float | None, typer.Option(help="Tissue fraction to predict a window.")] = None,
+    probs: Annotated[bool, typer.Option(help="Also write per-class probability maps.")] = False,
+    ome: Annotated[bool, typer.Option(help="OME-TIFF with SubIFD pyramid (Bio-Formats).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo slides whose mask exists.")] = False,
+) -> None:
+    """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
+    from rich.table import Table
+
+    from wsiseg.classes import ClassTable
+    from wsiseg.cli._console import console, make_progress
+    from wsiseg.config import resolve_device
+    from wsiseg.errors import CheckpointError, DataError, WsisegError
+    from wsiseg.export.slide_mask import predict_to_tiff
+    from wsiseg.inference.predictor import PredictSettings
+    from wsiseg.tiling.batch import expand_sources
+    from wsiseg.tiling.geometry import TilingConfig
+    from wsiseg.tiling.writer import slide_id_for
+    from wsiseg.train.checkpoint import load_checkpoint
+    from wsiseg.train.runlog import latest_run
+
+    if model is None:
+        run = latest_run(runs)
+        if run is None:
+            msg = f"no trained run under {runs}/ (need checkpoints/final.json); train first or pass --model"
+            raise CheckpointError(msg)
+        model = run / "checkpoints" / "final"
+        console.print(f"using the newest run's final checkpoint: {model}", highlight=False)
+    ckpt = load_checkpoint(model)
+    net = ckpt.build_model()
+    dev = resolve_device(device)
+    net.to(dev)
+    tiling = TilingConfig.from_dict(ckpt.card["tiling"])
+    classes = ClassTable.from_list(ckpt.card["classes"])
+    sources = expand_sources(slides)
+    if not sources:
+        msg = f"no slides found in {' '.join(slides)}"
+        raise DataError(msg)
+    single = len(sources) == 1 and out.suffix.lower() in {".tif", ".tiff"}
+    settings = PredictSettings(batch_size=batch_size, workers=workers, device=dev,
+                               min_tissue=tiling.min_tissue if min_tissue is None else min_tissue)  # fmt: skip
+    table = Table(title="Predictions")
+    for col in ("slide", "mask", "size", "mpp", "windows", "s", "windows/s"):
+        table.add_column(col)
+    failed = 0
+    with make_progress("windows") as bar:
+        task = bar.add_task("predict", total=None, rate="")
+        for src in sources:
+            target = out if single else out / f"{slide_id_for(src)}.tif"
+            if target.exists() and not overwrite:
+                table.add_row(src.name, str(target), "exists", "", "", "", "")
+                continue
+            bar.reset(task, total=None, description=src.name)
+            try:
+                res = predict_to_tiff(
+                    src, net, target, tiling=tiling, classes=classes, settings=settings, backend=backend,
+                    slide_mpp=slide_mpp, ome=ome, probs=probs, provenance={"checkpoint": str(ckpt.path)},
+                    progress=lambda d, t: bar.update(task, completed=d, total=t),
+                )  # fmt: skip
+            except WsisegError as err:
+                failed += 1
+                console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
+                continue
+            mpp = f"{res.mask_mpp:.3f}" if res.mask_mpp else "-"
+            rate = res.windows / res.seconds if res.seconds else 0.0
+            table.add_row(src.name, str(res.mask), f"{res.width}x{res.height}", mpp,
+                          f"{res.windows}/{res.grid_windows}", f"{res.seconds:.1f}", f"{rate:.1f}")  # fmt: skip
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)

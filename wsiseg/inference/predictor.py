@@ -1,0 +1,145 @@
+"""Whole-slide prediction: plan the tissue windows, run the model, stream probabilities into the stitcher.
+
+The writer of finished rows is injected (a ``RowSink``), so this package stays independent of the output
+format; ``wsiseg.export.slide_mask`` connects it to the pyramidal mask TIFF.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from wsiseg.errors import SlideError
+from wsiseg.inference.reader import WindowDataset
+from wsiseg.inference.stitching import BandStitcher, RowSink, StitchGeometry, stitch_geometry
+from wsiseg.slide import Slide
+from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
+from wsiseg.tiling.tissue import tissue_fractions, tissue_mask
+
+__all__ = ["PredictPlan", "PredictSettings", "plan_prediction", "run_prediction"]
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How to run the model.
+
+    Attributes:
+        batch_size: Windows per forward pass.
+        workers: Reader processes (0 reads in this process).
+        device: Torch device string.
+        amp: bf16 autocast on CUDA.
+        channels_last: channels_last inputs on CUDA.
+        emit_probs: Also stream per-class probabilities to the sink.
+        min_tissue: Tissue fraction a window needs to be predicted (others are background).
+    """
+
+    batch_size: int = 16
+    workers: int = 0
+    device: str = "cpu"
+    amp: bool = True
+    channels_last: bool = True
+    emit_probs: bool = False
+    min_tissue: float = 0.1
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """Where the windows are and what the mask will look like."""
+
+    geometry: StitchGeometry
+    window0: int
+    stride0: int
+    level: int
+    read_size: int
+    origins: list[tuple[int, int]]
+    n_grid: int
+    slide_mpp: float | None
+
+    @property
+    def mask_mpp(self) -> float | None:
+        """um/px of the model-resolution mask."""
+        return None if self.slide_mpp is None else self.slide_mpp / self.geometry.scale
+
+
+def plan_prediction(
+    slide: Slide, tiling: TilingConfig, *, slide_mpp: float | None = None, min_tissue: float | None = None
+) -> PredictPlan:
+    """Lay the training grid over the slide and keep the tissue windows.
+
+    Raises:
+        ConfigError: The card defines windows in um but the slide has no mpp (pass ``slide_mpp``).
+        SlideError: No window has enough tissue.
+    """
+    mpp = slide_mpp if slide_mpp is not None else (slide.mpp[0] if slide.mpp else None)
+    window0, stride0 = window_level0(tiling, mpp)
+    level, read = choose_level(slide.level_downsamples, window0, tiling.size)
+    thumb = slide.get_thumbnail(2048)
+    ds = slide.dimensions[0] / thumb.shape[1]
+    grid = window_grid(slide.dimensions, window0, stride0)
+    fractions = tissue_fractions(tissue_mask(thumb), ds, grid, window0)
+    threshold = tiling.min_tissue if min_tissue is None else min_tissue
+    origins = [xy for xy, f in zip(grid, fractions, strict=True) if f >= threshold]
+    if not origins:
+        msg = f"{slide.path}: no window of {len(grid)} has {threshold:.0%} tissue; nothing to predict"
+        raise SlideError(msg)
+    geometry = stitch_geometry(*slide.dimensions, window0, stride0, tiling.size)
+    return PredictPlan(geometry, window0, stride0, level, read, origins, len(grid), mpp)
+
+
+@torch.no_grad()
+def run_prediction(
+    slide: Slide,
+    model: nn.Module,
+    plan: PredictPlan,
+    tiling: TilingConfig,
+    sink: RowSink,
+    settings: PredictSettings,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, float]:
+    """Predict every planned window and stream the blended result into ``sink``.
+
+    Returns:
+        Timing facts: windows, seconds, windows per second.
+    """
+    geo = plan.geometry
+    num_classes = int(getattr(model, "num_classes", 0)) or _probe_classes(model, tiling.size, settings.device)
+    stitcher = BandStitcher(geo.width, geo.height, geo.window, geo.stride, num_classes, sink,
+                            emit_probs=settings.emit_probs)  # fmt: skip
+    ds = WindowDataset(slide, plan.origins, plan.level, plan.read_size, tiling.size, tiling.resize)
+    loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
+                        pin_memory=settings.device.startswith("cuda"),
+                        persistent_workers=False)  # fmt: skip
+    model.eval()
+    cuda = settings.device.startswith("cuda")
+    start, done = time.perf_counter(), 0
+    for images, indices in loader:
+        images = images.to(settings.device, non_blocking=True)
+        if cuda and settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and settings.amp):
+            logits = model(images)
+        if isinstance(logits, list | tuple):
+            logits = logits[0]
+        probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        for p, i in zip(probs, indices.tolist(), strict=True):
+            x0, y0 = plan.origins[i]
+            stitcher.add(geo.to_output(x0), geo.to_output(y0), np.ascontiguousarray(p, dtype=np.float32))
+        done += len(indices)
+        if progress:
+            progress(done, len(plan.origins))
+    stitcher.finish()
+    seconds = time.perf_counter() - start
+    return {"windows": float(done), "seconds": seconds, "windows_per_s": done / seconds if seconds else 0.0}
+
+
+def _probe_classes(model: nn.Module, size: int, device: str) -> int:
+    model.eval()
+    out = model(torch.zeros(1, 3, size, size, device=device))
+    return int((out[0] if isinstance(out, list | tuple) else out).shape[1])

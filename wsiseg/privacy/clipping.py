@@ -1,0 +1,134 @@
+"""L2 clipping of model updates (the ``clip_C`` of FedDP eq. 11).
+
+A model update is a ``dict[str, np.ndarray]`` (name -> float32 tensor) holding trainable parameters only;
+BatchNorm buffers must not be part of it (they would count towards the norm and receive noise).
+
+Two scopes are offered:
+
+- ``"model"`` (the paper's eq. 11, DP-FedAvg of McMahan et al. 2018): the whole update is treated as one
+  vector and scaled by ``min(1, C / ||Δ||)``, i.e. ``Δ / max(1, ||Δ|| / C)``.
+- ``"layer"``: each of the ``L`` tensors is clipped on its own to ``C_l = C / sqrt(L)``. Since
+  ``sum_l C_l**2 = C**2``, the whole update still has L2 norm at most ``C``; the L2 sensitivity of the sum
+  over clients is therefore still ``C`` and the same accountant and the same noise std ``z * C`` apply.
+  Layer scope clips more aggressively than model scope (a tensor is cut even when the total is below
+  ``C``) but stops one huge tensor from eating the whole budget.
+
+Functions here are pure: inputs are never modified in place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from wsiseg.errors import PrivacyError
+
+__all__ = ["ClipInfo", "ClipScope", "Update", "clip_update", "global_l2_norm"]
+
+Update = dict[str, np.ndarray]
+ClipScope = Literal["model", "layer"]
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What clipping did to one update.
+
+    Attributes:
+        pre_clip_norm: Global L2 norm of the update before clipping.
+        post_clip_norm: Global L2 norm after clipping (``<= clip_norm`` up to float32 rounding).
+        clipped: Whether any tensor was scaled down.
+        scope: ``"model"`` or ``"layer"``.
+    """
+
+    pre_clip_norm: float
+    post_clip_norm: float
+    clipped: bool
+    scope: str
+
+
+def _tensor_norm(x: np.ndarray) -> float:
+    """L2 norm of one tensor, accumulated in float64."""
+    flat = np.asarray(x, dtype=np.float64).ravel()
+    return float(math.sqrt(float(np.dot(flat, flat))))
+
+
+def global_l2_norm(update: Update) -> float:
+    """L2 norm of all tensors of an update taken together as one flat vector.
+
+    Args:
+        update: Mapping of parameter name to tensor.
+
+    Returns:
+        ``sqrt(sum over tensors of sum of squares)``, computed in float64.
+    """
+    return float(math.sqrt(sum(_tensor_norm(t) ** 2 for t in update.values())))
+
+
+def _check_clip_norm(clip_norm: float) -> None:
+    if not (math.isfinite(clip_norm) and clip_norm > 0):
+        msg = f"clip norm must be a positive finite number, got {clip_norm!r}; pass e.g. --clip 0.5"
+        raise PrivacyError(msg)
+
+
+def _scaled(x: np.ndarray, factor: float) -> np.ndarray:
+    """A new array ``x * factor`` that keeps ``x``'s floating dtype (float32 stays float32)."""
+    out = np.array(x, copy=True)
+    if factor != 1.0:
+        out *= np.asarray(factor, dtype=out.dtype)
+    return out
+
+
+def clip_update(
+    update: Update, clip_norm: float, *, scope: ClipScope = "model"
+) -> tuple[Update, ClipInfo]:
+    """Clip an update to L2 norm at most ``clip_norm`` (FedDP eq. 11).
+
+    Args:
+        update: Mapping of parameter name to floating tensor; not modified.
+        clip_norm: The bound ``C`` on the whole update's L2 norm.
+        scope: ``"model"`` scales the whole update by ``min(1, C / ||Δ||)``; ``"layer"`` scales each
+            tensor ``t`` by ``min(1, C_l / ||t||)`` with ``C_l = C / sqrt(n_tensors)``, so the whole
+            update stays within ``C`` (see the module docstring).
+
+    Returns:
+        ``(clipped, info)``: a new dict of new arrays in the same order, and a :class:`ClipInfo`.
+
+    Raises:
+        PrivacyError: If ``clip_norm`` is not positive, the update is empty, has non-floating or
+            non-finite values, or ``scope`` is unknown.
+    """
+    _check_clip_norm(clip_norm)
+    if not update:
+        msg = "cannot clip an empty model update; the client returned no trainable parameters"
+        raise PrivacyError(msg)
+    for name, tensor in update.items():
+        if not np.issubdtype(np.asarray(tensor).dtype, np.floating):
+            msg = f"update tensor {name!r} has dtype {np.asarray(tensor).dtype}; send float parameters only"
+            raise PrivacyError(msg)
+    pre = global_l2_norm(update)
+    if not math.isfinite(pre):
+        msg = "model update contains NaN or inf; the client's local training diverged, lower its lr"
+        raise PrivacyError(msg)
+    if scope == "model":
+        factor = min(1.0, clip_norm / pre) if pre > 0 else 1.0
+        clipped = {k: _scaled(v, factor) for k, v in update.items()}
+        was_clipped = factor < 1.0
+    elif scope == "layer":
+        per_tensor = clip_norm / math.sqrt(len(update))
+        clipped = {}
+        was_clipped = False
+        for k, v in update.items():
+            n = _tensor_norm(v)
+            factor = min(1.0, per_tensor / n) if n > 0 else 1.0
+            was_clipped = was_clipped or factor < 1.0
+            clipped[k] = _scaled(v, factor)
+    else:
+        msg = f"unknown clipping scope {scope!r}; use 'model' or 'layer'"
+        raise PrivacyError(msg)
+    info = ClipInfo(
+        pre_clip_norm=pre, post_clip_norm=global_l2_norm(clipped), clipped=was_clipped, scope=scope
+    )
+    return clipped, info
