@@ -198,3 +198,13 @@ def test_same_seed_same_weights_and_outputs() -> None:
     torch.manual_seed(1)
     c = create_model("dhunet_tiny", img_size=64)
     assert not torch.equal(c.segment.weight, a.segment.weight)
+
+
+def test_channels_last_input_gives_same_logits() -> None:
+    model = _tiny(img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, ref, atol=1e-5)

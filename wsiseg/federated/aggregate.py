@@ -31,7 +31,7 @@ import numpy as np
 
 from wsiseg.errors import ModelError, PrivacyError
 from wsiseg.privacy.clipping import ClipInfo, ClipScope, clip_update, global_l2_norm
-from wsiseg.privacy.noise import gaussian_noise_like, noise_std_mean, noise_std_sum
+from wsiseg.privacy.noise import gaussian_noise_like, noise_std_sum
 
 __all__ = [
     "CentralDpStats",
@@ -114,14 +114,16 @@ def fedavg(updates: Sequence[Update], weights: Sequence[float] | None = None) ->
 
     Raises:
         ModelError: If there are no updates or their layouts differ.
-        ConfigError-like PrivacyError: If weights have the wrong length, are negative or sum to zero.
+        PrivacyError: If weights have the wrong length, are negative or sum to zero.
     """
     _check_same_layout(updates)
     if weights is None:
         weights = [1.0] * len(updates)
     w = [float(x) for x in weights]
     if len(w) != len(updates) or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
-        msg = f"FedAvg weights must be {len(updates)} finite non-negative numbers with a positive sum, got {w}"
+        msg = (
+            f"FedAvg weights must be {len(updates)} finite non-negative numbers with a positive sum, got {w}"
+        )
         raise PrivacyError(msg)
     total = sum(w)
     return _weighted_sum(updates, [x / total for x in w])

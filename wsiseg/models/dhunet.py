@@ -46,6 +46,8 @@ DEEP_SUPERVISION_WEIGHTS: dict[int, float] = {0: 0.5, 2: 0.3, 4: 0.2}
 
 #: The encoder pyramid's total stride: inputs must be a multiple of it.
 INPUT_MULTIPLE = 32
+#: Stage-1 width of Swin-T / ConvNeXt-T, the only width the ImageNet weights fit.
+IMAGENET_EMBED_DIM = 96
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,8 @@ class DHUnet(nn.Module):
         """
         x = self._check_input(x)
         xg = x if x_global is None else self._check_input(x_global)
-        # timm's ConvNeXt returns channels-last strides; on CPU a channels-last input makes the large-kernel
-        # transposed convs of the x4 expand ~50x slower, so features follow the input's memory format.
+        # timm's ConvNeXt returns channels-last strides. On CPU that made the 32x32 transposed conv of the x4
+        # expand ~90x slower for narrow decoders (tiny, 448 px), so features follow the input's format.
         fmt = _memory_format(x)
         local = self.local_encoder.forward_intermediates(x, intermediates_only=True)
         glob = self.global_encoder.forward_intermediates(xg, intermediates_only=True)
@@ -256,7 +258,7 @@ def _load_pretrained(model: DHUnet, pretrained: bool | str | Path) -> None:
         resolve_pretrained_dir,
     )
 
-    if model.cfg.embed_dim != 96:  # noqa: PLR2004
+    if model.cfg.embed_dim != IMAGENET_EMBED_DIM:
         msg = f"ImageNet weights fit only embed_dim=96 (Swin-T/ConvNeXt-T), not {model.cfg.embed_dim}; "
         msg += "use the 'dhunet' model or pretrained=False"
         raise ModelError(msg)

@@ -81,9 +81,7 @@ def _scaled(x: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def clip_update(
-    update: Update, clip_norm: float, *, scope: ClipScope = "model"
-) -> tuple[Update, ClipInfo]:
+def clip_update(update: Update, clip_norm: float, *, scope: ClipScope = "model") -> tuple[Update, ClipInfo]:
     """Clip an update to L2 norm at most ``clip_norm`` (FedDP eq. 11).
 
     Args:

@@ -1,0 +1,215 @@
+"""Clients of a federation: who holds which slides, and one client's local round of training.
+
+Each client trains with the shared loop from ``wsiseg.train.loop`` and returns only its update
+(local weights minus the global weights, trainable parameters only) plus, without DP, its normalisation
+buffers. What leaves the client is decided by the DP mode in ``wsiseg.federated.strategies``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from wsiseg.data.dataset import TileDataset, TileSource, load_sources
+from wsiseg.data.partition import partition_clients, split_slides
+from wsiseg.data.transforms import PairTransform
+from wsiseg.errors import ConfigError, DataError
+from wsiseg.train.loop import OptimConfig, make_loss, make_optimizer, poly_lr, train_steps
+
+__all__ = [
+    "Client",
+    "ClientResult",
+    "LocalTraining",
+    "buffer_state",
+    "build_clients",
+    "check_dp_model",
+    "global_test",
+    "local_update",
+    "trainable_state",
+]
+
+Update = dict[str, np.ndarray]
+
+
+@dataclass
+class Client:
+    """One site: its training slides and its held-out slides (evaluation only)."""
+
+    name: str
+    train: TileSource
+    heldout: TileSource | None
+
+    @property
+    def n_train_tiles(self) -> int:
+        """Training tiles (the FedAvg weight without DP)."""
+        return len(self.train.records)
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """What each client does in a round."""
+
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 24
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ce_weight: float = 0.5
+    dice_weight: float = 0.5
+    augment: bool = True
+    workers: int = 0
+    device: str = "cpu"
+    amp: bool = True
+
+
+@dataclass
+class ClientResult:
+    """What a client computed in one round (before any DP processing)."""
+
+    name: str
+    update: Update
+    buffers: dict[str, np.ndarray]
+    n_examples: int
+    steps: int
+    loss: float
+    seconds: float
+    pre_clip_norm: float | None = None
+
+
+def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """Trainable parameters as float32 numpy arrays (copies)."""
+    return {
+        n: p.detach().cpu().float().numpy().copy() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def buffer_state(model: nn.Module) -> dict[str, np.ndarray]:
+    """Buffers (e.g. BatchNorm running statistics) as numpy arrays (copies)."""
+    return {n: b.detach().cpu().numpy().copy() for n, b in model.named_buffers()}
+
+
+def build_clients(
+    *,
+    data: tuple[str, ...],
+    client_dirs: tuple[str, ...],
+    n_clients: int,
+    partition: str,
+    alpha: float,
+    test_fraction: float,
+    seed: int,
+) -> list[Client]:
+    """Create the clients from one pooled dataset (split by slide) or one dataset per site.
+
+    Every client with at least two slides keeps ``test_fraction`` of them (at least one) as held-out
+    slides; the union of held-out slides is the global test set.
+
+    Raises:
+        DataError: A client without training slides.
+        ConfigError: An impossible partition.
+    """
+    if client_dirs:
+        sources = [(Path(d).name, load_sources([d])) for d in client_dirs]
+    else:
+        pool = load_sources(data)
+        groups = partition_clients(pool.slide_ids, n_clients, mode=partition, seed=seed, sites=pool.sites(),
+                                   alpha=alpha)  # fmt: skip
+        sources = [(f"client{i}", pool.subset(ids)) for i, ids in enumerate(groups)]
+    clients = []
+    for i, (name, src) in enumerate(sources):
+        ids = src.slide_ids
+        if not src.records:
+            msg = f"client {name} has no tiles; give it slides or use fewer --clients"
+            raise DataError(msg)
+        if len(ids) >= 2:
+            train_ids, test_ids = split_slides(ids, test_fraction=test_fraction, seed=seed + i)
+            clients.append(Client(name, src.subset(train_ids), src.subset(test_ids)))
+        else:
+            clients.append(Client(name, src, None))
+    return clients
+
+
+def global_test(clients: list[Client]) -> TileSource | None:
+    """Union of the clients' held-out slides."""
+    parts = [c.heldout for c in clients if c.heldout is not None]
+    if not parts:
+        return None
+    records = tuple(r for p in parts for r in p.records)
+    return TileSource(records, parts[0].classes, parts[0].config, tuple({r for p in parts for r in p.roots}))
+
+
+def local_update(
+    model: nn.Module,
+    global_weights: dict[str, torch.Tensor],
+    client: Client,
+    cfg: LocalTraining,
+    *,
+    round_index: int,
+    total_rounds: int,
+    seed: int,
+    client_index: int,
+) -> ClientResult:
+    """Load the global weights, train locally, and return the update.
+
+    Everything random here (dropout, data order, augmentation) is seeded from
+    ``(seed, round_index, client_index)``, so a round replays identically after a resume.
+    """
+    model.load_state_dict(global_weights)
+    before = trainable_state(model)
+    n_classes = len(client.train.classes)
+    ds = TileDataset(
+        client.train, transform=PairTransform() if cfg.augment else None, seed=seed + 7919 * client_index
+    )
+    ds.set_epoch(round_index)
+    torch.manual_seed(int(np.random.SeedSequence([seed, round_index, client_index]).generate_state(1)[0]))
+    gen = torch.Generator().manual_seed(seed * 100003 + round_index * 101 + client_index)
+    loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers,
+                        pin_memory=cfg.device.startswith("cuda"))  # fmt: skip
+    steps_per_round = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)
+    if steps_per_round < 1:
+        msg = f"client {client.name} has no training batches"
+        raise DataError(msg)
+    optimizer = make_optimizer(model, cfg.optim)
+    loss_fn = make_loss(model, n_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
+    lr_at = functools.partial(poly_lr, cfg.optim.lr, total_steps=total_rounds * steps_per_round,
+                              power=cfg.optim.poly_power)  # fmt: skip
+    stats = train_steps(model, _cycle(loader), optimizer, loss_fn, lr_at=lr_at,
+                        first_step=(round_index - 1) * steps_per_round, max_steps=steps_per_round,
+                        device=cfg.device, amp=cfg.amp)  # fmt: skip
+    after = trainable_state(model)
+    update = {k: after[k] - before[k] for k in before}
+    return ClientResult(client.name, update, buffer_state(model), stats.images, stats.steps, stats.loss,
+                        stats.seconds)  # fmt: skip
+
+
+def _cycle(loader: DataLoader[Any]) -> Any:
+    """Yield batches over as many epochs as the step budget needs."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            return
+
+
+def check_dp_model(model: nn.Module, dp: str) -> None:
+    """Refuse models whose buffers hold data statistics when DP is on (they would leak unaccounted).
+
+    Raises:
+        ConfigError: If a BatchNorm layer tracks running statistics under ``--dp central|local``.
+    """
+    if dp == "none":
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            msg = (
+                f"--dp {dp}: layer {name} is BatchNorm, whose running statistics come from client data "
+                "and would be shared without noise; use --norm groupnorm"
+            )
+            raise ConfigError(msg)
