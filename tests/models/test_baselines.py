@@ -187,9 +187,7 @@ def test_pretrained_file_loads_unet_encoder(tmp_path: Path) -> None:
 def test_pretrained_file_loads_convnext_encoder(tmp_path: Path) -> None:
     state = ConvNeXt(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)).state_dict()
     model = _tiny("convnext", pretrained=_save(state, tmp_path / "cnx.pth"))
-    assert torch.equal(
-        model.encoder.stages[2].blocks[0].conv_dw.weight, state["stages.2.blocks.0.conv_dw.weight"]
-    )
+    assert torch.equal(model.encoder.stages[2].blocks[0].conv_dw.weight, state["stages.2.blocks.0.conv_dw.weight"])
     fb = {  # the same weights in the FB release layout
         re.sub(r"stages\.(\d)\.blocks\.", r"stages.\1.", k.replace("stem.", "downsample_layers.0."))
         .replace("conv_dw", "dwconv")
@@ -199,9 +197,7 @@ def test_pretrained_file_loads_convnext_encoder(tmp_path: Path) -> None:
     }
     fb = {re.sub(r"stages\.(\d)\.downsample\.", r"downsample_layers.\1.", k): v for k, v in fb.items()}
     model = _tiny("convnext", pretrained=_save(fb, tmp_path / "fb.pth"))
-    assert torch.equal(
-        model.encoder.stages[3].blocks[0].mlp.fc1.weight, state["stages.3.blocks.0.mlp.fc1.weight"]
-    )
+    assert torch.equal(model.encoder.stages[3].blocks[0].mlp.fc1.weight, state["stages.3.blocks.0.mlp.fc1.weight"])
 
 
 def _tiny_swin(**kwargs: object) -> SwinTransformer:

@@ -40,9 +40,7 @@ def test_full_parameter_count_matches_official(full: DHUnet) -> None:
     n = sum(p.numel() for p in full.parameters())
     assert abs(n - 55.412e6) / 55.412e6 < 0.002
     assert n == 55_412_026
-    parts = {
-        k: sum(p.numel() for p in getattr(full, k).parameters()) for k in ("global_encoder", "local_encoder")
-    }
+    parts = {k: sum(p.numel() for p in getattr(full, k).parameters()) for k in ("global_encoder", "local_encoder")}
     assert parts == {"global_encoder": 20_411_850, "local_encoder": 20_607_072}
     stages = [round(sum(p.numel() for p in b.parameters()) / 1e6, 3) for b in full.decoder]
     assert stages == [8.261, 3.393, 0.849, 1.862]

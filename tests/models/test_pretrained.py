@@ -86,9 +86,7 @@ def test_wrapped_microsoft_swin_and_timm_safetensors_convnext(model: DHUnet, sou
     d: Path = sources["dir"]
     decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     ds_before = model.deep_supervision[0][0].weight.clone()
-    reports = load_dhunet_pretrained(
-        model, d / "swin_tiny_patch4_window7_224.pth", d / "convnext_tiny.safetensors"
-    )
+    reports = load_dhunet_pretrained(model, d / "swin_tiny_patch4_window7_224.pth", d / "convnext_tiny.safetensors")
     _check_mapping(model, sources["swin"], sources["convnext"])
     after = model.decoder.state_dict()
     assert all(torch.equal(after[k], v) for k, v in decoder_before.items())

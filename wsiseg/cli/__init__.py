@@ -66,7 +66,7 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from wsiseg.cli import export, info, models, predict, synth, tile, train
+    from wsiseg.cli import export, fed_train, info, models, predict, synth, tile, train
 
     commands = [
         ("synth", synth.synth),
@@ -74,6 +74,7 @@ def _register() -> None:
         ("tile", tile.tile),
         ("models", models.models),
         ("train", train.train),
+        ("fed-train", fed_train.fed_train),
         ("predict", predict.predict),
         ("export", export.export),
     ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -35,7 +37,7 @@ class RateColumn(ProgressColumn):
 
 
 #: Messages, tables and progress go to stderr so stdout stays clean for ``--json`` output.
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 #: Machine-readable output (JSON) goes to stdout.
 stdout = Console(soft_wrap=True, highlight=False)
 

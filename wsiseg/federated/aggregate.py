@@ -121,9 +121,7 @@ def fedavg(updates: Sequence[Update], weights: Sequence[float] | None = None) ->
         weights = [1.0] * len(updates)
     w = [float(x) for x in weights]
     if len(w) != len(updates) or any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
-        msg = (
-            f"FedAvg weights must be {len(updates)} finite non-negative numbers with a positive sum, got {w}"
-        )
+        msg = f"FedAvg weights must be {len(updates)} finite non-negative numbers with a positive sum, got {w}"
         raise PrivacyError(msg)
     total = sum(w)
     return _weighted_sum(updates, [x / total for x in w])

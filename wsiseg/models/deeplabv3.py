@@ -31,9 +31,7 @@ __all__ = ["deeplabv3", "deeplabv3_tiny"]
 
 
 @register_model("deeplabv3", family="deeplabv3", paper_row="- | - | 51.52", params_m=39.63, img_size=224)
-def deeplabv3(
-    *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
-) -> nn.Module:
+def deeplabv3(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm") -> nn.Module:
     """DeepLabV3-ResNet50 (output stride 8), 39.63 M parameters for 4 classes; any multiple of 8.
 
     Args:
@@ -48,9 +46,7 @@ def deeplabv3(
     check_norm(norm)
     download, path = resolve_pretrained(pretrained)
     weights = ResNet50_Weights.IMAGENET1K_V1 if download else None
-    model = deeplabv3_resnet50(
-        weights=None, weights_backbone=weights, num_classes=num_classes, aux_loss=False
-    )
+    model = deeplabv3_resnet50(weights=None, weights_backbone=weights, num_classes=num_classes, aux_loss=False)
     return finish_tv_model(model, path=path, norm=norm, what="torchvision ResNet-50")
 
 

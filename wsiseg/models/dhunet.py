@@ -107,15 +107,11 @@ class GLFusionBlock(nn.Module):
     def __init__(self, dim: int, *, concat: bool, final: bool, norm: str = "batchnorm") -> None:
         super().__init__()
         in_ch = 2 * dim if concat else dim
-        self.sc = nn.Sequential(
-            nn.Conv2d(in_ch, dim, 3, padding=1, bias=False), make_norm(norm, dim), nn.ReLU()
-        )
+        self.sc = nn.Sequential(nn.Conv2d(in_ch, dim, 3, padding=1, bias=False), make_norm(norm, dim), nn.ReLU())
         self.expand = expand_x4(dim, norm) if final else expand_x2(dim, norm)
         self.out_channels = self.expand.out_channels
 
-    def forward(
-        self, local: torch.Tensor, glob: torch.Tensor, prev: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, local: torch.Tensor, glob: torch.Tensor, prev: torch.Tensor | None = None) -> torch.Tensor:
         """Fuse one stage; ``prev`` is the previous stage's output at the same resolution."""
         x = local + glob
         if prev is not None:
@@ -165,8 +161,7 @@ class DHUnet(nn.Module):
             msg = f"DHUnet branches disagree on stage widths: {enc_dims}"
             raise ModelError(msg)
         self.decoder = nn.ModuleList(
-            GLFusionBlock(d, concat=i > 0, final=i == 3, norm=cfg.norm)
-            for i, d in enumerate(reversed(enc_dims))
+            GLFusionBlock(d, concat=i > 0, final=i == 3, norm=cfg.norm) for i, d in enumerate(reversed(enc_dims))
         )
         self.segment = nn.Conv2d(self.decoder[-1].out_channels, cfg.num_classes, 1, bias=False)
         self.deep_supervision = nn.ModuleList(
@@ -174,9 +169,7 @@ class DHUnet(nn.Module):
             for block, scale in zip(self.decoder, (16, 8, 4, 1), strict=True)
         )
 
-    def forward(
-        self, x: torch.Tensor, x_global: torch.Tensor | None = None
-    ) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, x_global: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
         """Segment a batch.
 
         Args:
@@ -220,9 +213,7 @@ class DHUnet(nn.Module):
             ok = h == w == self.cfg.img_size
         if not ok:
             want = f"multiples of {INPUT_MULTIPLE}" if self.cfg.dynamic_img_size else str(self.cfg.img_size)
-            msg = (
-                f"DHUnet input is {h}x{w} but the model takes {want}; set img_size= or dynamic_img_size=True"
-            )
+            msg = f"DHUnet input is {h}x{w} but the model takes {want}; set img_size= or dynamic_img_size=True"
             raise ModelError(msg)
         return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
 
@@ -280,7 +271,5 @@ def dhunet(**kwargs: Any) -> DHUnet:
 @register_model("dhunet_tiny", family="dhunet", tiny=True, params_m=2.71)
 def dhunet_tiny(**kwargs: Any) -> DHUnet:
     """Tiny DHUnet for CPU tests: C=24, Swin depths (2,2,2,2) heads (1,2,4,8), ConvNeXt depths (1,1,1,1)."""
-    base = DHUnetConfig(
-        embed_dim=24, swin_depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), convnext_depths=(1, 1, 1, 1)
-    )
+    base = DHUnetConfig(embed_dim=24, swin_depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), convnext_depths=(1, 1, 1, 1))
     return _create_dhunet(base, **kwargs)

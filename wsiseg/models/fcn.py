@@ -48,9 +48,7 @@ def fcn(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: st
 
 
 @register_model("fcn_tiny", family="fcn", tiny=True, img_size=64)
-def fcn_tiny(
-    *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
-) -> nn.Module:
+def fcn_tiny(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm") -> nn.Module:
     """Test variant: the same FCN on a ResNet-10 (BasicBlock [1,1,1,1], output stride 32).
 
     Args:

@@ -118,9 +118,7 @@ class SwinUnet(nn.Module):
             )
             for k in levels
         )
-        self.expands = nn.ModuleList(
-            PatchExpand(dims[k], 2, dims[k] // 2) if k > 0 else nn.Identity() for k in levels
-        )
+        self.expands = nn.ModuleList(PatchExpand(dims[k], 2, dims[k] // 2) if k > 0 else nn.Identity() for k in levels)
         self.norm_up = nn.LayerNorm(dims[0])
         self.final_expand = PatchExpand(dims[0], patch_size, dims[0])
         self.head = nn.Conv2d(dims[0], num_classes, 1, bias=False)
@@ -150,9 +148,7 @@ class SwinUnet(nn.Module):
         """Return logits ``(B, num_classes, img_size, img_size)``."""
         y, skips = self._encode(x)
         y = self.bottleneck_expand(y)
-        for i, (proj, stage, expand) in enumerate(
-            zip(self.concat_back, self.stages, self.expands, strict=True)
-        ):
+        for i, (proj, stage, expand) in enumerate(zip(self.concat_back, self.stages, self.expands, strict=True)):
             y = proj(torch.cat([y, skips[len(skips) - 2 - i]], dim=-1))
             y = expand(stage(y))
         y = self.final_expand(self.norm_up(y))
@@ -217,16 +213,12 @@ def swinunet(
 
 
 @register_model("swinunet_tiny", family="swinunet", tiny=True, img_size=64)
-def swinunet_tiny(
-    *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
-) -> SwinUnet:
+def swinunet_tiny(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm") -> SwinUnet:
     """Test variant: 64x64 input, C = 16, heads (1,2,4,8), window 4, depths (2,2,2,2).
 
     ``pretrained`` may be a local state dict of the matching ``timm`` ``SwinTransformer``; True is refused.
     """
     check_norm(norm)
-    model = SwinUnet(
-        num_classes, img_size=64, embed_dim=16, num_heads=(1, 2, 4, 8), window_size=4, drop_path_rate=0.1
-    )
+    model = SwinUnet(num_classes, img_size=64, embed_dim=16, num_heads=(1, 2, 4, 8), window_size=4, drop_path_rate=0.1)
     _load_encoder(model, False, reject_download(pretrained, "swinunet_tiny"))
     return model

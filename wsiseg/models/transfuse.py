@@ -49,9 +49,7 @@ from wsiseg.models.layers.encoder_weights import covers, load_matching, reject_d
 __all__ = ["BiFusion", "TransFuse", "transfuse", "transfuse_tiny"]
 
 
-def _conv(
-    cin: int, cout: int, k: int, *, bn: bool = False, relu: bool = True, bias: bool = True
-) -> nn.Sequential:
+def _conv(cin: int, cout: int, k: int, *, bn: bool = False, relu: bool = True, bias: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=(k - 1) // 2, bias=bias)]
     if bn:
         layers.append(nn.BatchNorm2d(cout))
@@ -258,9 +256,7 @@ def _load_encoders(model: TransFuse, download: bool, path: Path | None) -> None:
         load_matching(model.cnn, state, source=path, what="torchvision ResNet")
         loaded = True
     if covers(model.transformer, state):
-        load_matching(
-            model.transformer, _vit_state_for(state, model.transformer), source=path, what="timm ViT"
-        )
+        load_matching(model.transformer, _vit_state_for(state, model.transformer), source=path, what="timm ViT")
         loaded = True
     if not loaded:
         msg = (

@@ -115,9 +115,7 @@ class UNet(nn.Module):
         return self.head(y)
 
 
-def _create_unet(
-    widths: Sequence[int], name: str, num_classes: int, pretrained: bool | str | Path, norm: str
-) -> UNet:
+def _create_unet(widths: Sequence[int], name: str, num_classes: int, pretrained: bool | str | Path, norm: str) -> UNet:
     model = UNet(num_classes, widths, check_norm(norm))
     path = reject_download(pretrained, name)
     if path is not None:
@@ -142,8 +140,6 @@ def unet(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: s
 
 
 @register_model("unet_tiny", family="unet", tiny=True, img_size=64)
-def unet_tiny(
-    *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
-) -> UNet:
+def unet_tiny(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm") -> UNet:
     """Test variant with widths 8..128 (same code path as ``unet``)."""
     return _create_unet((8, 16, 32, 64, 128), "unet_tiny", num_classes, pretrained, norm)

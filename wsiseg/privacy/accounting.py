@@ -16,8 +16,9 @@ but not a proven bound (fixed-size sampling is only analysed under replace-one n
 loop should sample Poisson-style when it claims amplification.
 
 Methods. ``"pld"`` (the headline) uses dp_accounting's privacy-loss-distribution accountant with pessimistic
-discretisation, so its ε is an upper bound that is tight to about 1e-4 relative (the discretisation interval
-is chosen as ``2e-5 × ε_RDP``, at least 1e-4, unless given). ``"rdp"`` (cross-check, Mironov 2017; Mironov,
+discretisation, so its ε is an upper bound, tight to ~1e-4 relative (about 1 absolute for ε in the thousands) (the discretisation interval
+is chosen as ``2e-5 × ε_RDP``, at least 1e-4, unless given; when ε_RDP exceeds 1e6 that RDP bound is returned,
+as no PLD grid is needed to say "no privacy"). ``"rdp"`` (cross-check, Mironov 2017; Mironov,
 Talwar & Zhang 2019) uses dp_accounting's RDP accountant on the pinned order grid :data:`RDP_ORDERS`; it is
 3–8 % looser at ``q = 1`` and can be much looser under sampling at small ``z``, because dp_accounting drops
 fractional orders whose series fails to converge (a conservative choice).
@@ -61,6 +62,7 @@ RDP_ORDERS: tuple[float, ...] = tuple(
 _MEANINGFUL_EPSILON = 10.0
 _PLD_RELATIVE_INTERVAL = 2e-5
 _PLD_MIN_INTERVAL = 1e-4
+_PLD_MAX_EPSILON = 1e6
 
 #: One history segment: ``(noise_multiplier, sample_rate, rounds)``.
 Segment = tuple[float, float, int]
@@ -126,7 +128,9 @@ def _rdp_epsilon(events: list[dp_accounting.DpEvent], delta: float) -> float:
 def _pld_epsilon(events: list[dp_accounting.DpEvent], delta: float, interval: float | None) -> float:
     if interval is None:
         scale = _rdp_epsilon(events, delta)
-        interval = max(_PLD_MIN_INTERVAL, _PLD_RELATIVE_INTERVAL * scale) if math.isfinite(scale) else 1.0
+        if not scale <= _PLD_MAX_EPSILON:  # also inf/nan: RDP is an upper bound too; no PLD grid that wide
+            return scale
+        interval = max(_PLD_MIN_INTERVAL, _PLD_RELATIVE_INTERVAL * scale)
     accountant = pld.PLDAccountant(value_discretization_interval=interval)
     accountant.compose(dp_accounting.ComposedDpEvent(events))
     return float(accountant.get_epsilon(delta))
@@ -360,9 +364,7 @@ class PrivacyLedger:
             value_discretization_interval=self.value_discretization_interval,
         )
 
-    def projected_epsilon(
-        self, *, noise_multiplier: float, sample_rate: float, extra_rounds: int = 1
-    ) -> float:
+    def projected_epsilon(self, *, noise_multiplier: float, sample_rate: float, extra_rounds: int = 1) -> float:
         """PLD ε at the ledger's δ if ``extra_rounds`` more rounds were released (for a budget stop).
 
         Args:

@@ -126,7 +126,5 @@ def clip_update(update: Update, clip_norm: float, *, scope: ClipScope = "model")
     else:
         msg = f"unknown clipping scope {scope!r}; use 'model' or 'layer'"
         raise PrivacyError(msg)
-    info = ClipInfo(
-        pre_clip_norm=pre, post_clip_norm=global_l2_norm(clipped), clipped=was_clipped, scope=scope
-    )
+    info = ClipInfo(pre_clip_norm=pre, post_clip_norm=global_l2_norm(clipped), clipped=was_clipped, scope=scope)
     return clipped, info

@@ -68,9 +68,7 @@ def covers(target: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
     return all(k in names for k in _own_keys(target))
 
 
-def load_matching(
-    target: nn.Module, state: Mapping[str, torch.Tensor], *, source: str | Path, what: str
-) -> list[str]:
+def load_matching(target: nn.Module, state: Mapping[str, torch.Tensor], *, source: str | Path, what: str) -> list[str]:
     """Copy ``state`` into ``target``; every tensor of ``target`` must be there with the same shape.
 
     A leading ``module.`` (DataParallel) is stripped from the keys. ``num_batches_tracked`` may be absent.

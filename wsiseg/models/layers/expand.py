@@ -66,6 +66,4 @@ def expand_x2(dim: int, norm: str = "batchnorm") -> CrossScaleExpand:
 
 def expand_x4(dim: int, norm: str = "batchnorm") -> CrossScaleExpand:
     """The final x4 layer: kernels (4, 8, 16, 32) with ``dim/2, dim/4, dim/8, dim/8`` channels (``dim``)."""
-    return CrossScaleExpand(
-        dim, (dim // 2, dim // 4, dim // 8, dim // 8), (4, 8, 16, 32), stride=4, norm=norm
-    )
+    return CrossScaleExpand(dim, (dim // 2, dim // 4, dim // 8, dim // 8), (4, 8, 16, 32), stride=4, norm=norm)
