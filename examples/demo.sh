@@ -3,14 +3,26 @@
 # Everything is written under $DEMO_DIR (default ./demo); the commands are the ones users type.
 set -euo pipefail
 DEMO_DIR="${DEMO_DIR:-demo}"
+rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 cd "$DEMO_DIR"
 
-echo "== 1. generate a cohort of 6 H&E-like slides from 3 sites, with ground-truth masks"
+echo "== 1. generate 6 H&E-like slides from 3 sites, with ground-truth masks"
 wsiseg synth slides --n 6 --width 4096 --height 3072 --sites 3 --seed 0
 
-echo "== 2. tile them (1000 px windows, stride 500, 224 px tiles, tissue only; masks found beside slides)"
-wsiseg tile slides/ --sites slides/cohort.csv
+echo "== 2. tile them: 1000 px windows at stride 500, tissue only (masks found beside the slides)"
+wsiseg tile slides/ --sites slides/cohort.csv --size 64
 
-echo "== 3. what the slides look like to wsiseg"
-wsiseg info slides/slide_000.svs
+echo "== 3. the privacy plan of the paper's setting, without training"
+wsiseg fed-train --clients 3 --sigma 0.05 --clip 0.5 --rounds 150 --model dhunet_tiny --img-size 64 --dry-run
+
+echo "== 4. federated training: 3 sites (one per hospital), central DP, tiny DHUnet"
+wsiseg fed-train --partition by-site --clients 3 --sigma 0.05 --clip 0.5 --rounds 8 --local-epochs 2 \
+  --model dhunet_tiny --img-size 64 --batch-size 8 --lr 0.02 --seed 0
+
+echo "== 5. predict a slide with the newest run's checkpoint"
+wsiseg predict slides/slide_005.svs --out masks/slide_005.tif
+
+echo "== 6. export overlay, QuPath GeoJSON and class areas"
+wsiseg export masks/slide_005.tif --slide slides/slide_005.svs --out export
+echo "demo done: see $DEMO_DIR/export/slide_005_overlay.png"

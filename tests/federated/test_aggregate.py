@@ -50,7 +50,8 @@ def test_central_without_noise_is_mean_of_clipped():
     np.testing.assert_allclose(mean["b"], [0.2], rtol=1e-6)
     assert stats.pre_clip_norms == pytest.approx([5.0, 0.5])
     assert stats.fraction_clipped == 0.5
-    assert stats.noise_std_sum == 0.0 and stats.noise_norm == 0.0
+    assert stats.noise_std_sum == 0.0
+    assert stats.noise_norm == 0.0
     assert stats.clipped_mean_norm == pytest.approx(global_l2_norm(mean))
     json.dumps(stats.as_dict())
 
@@ -58,8 +59,9 @@ def test_central_without_noise_is_mean_of_clipped():
 def test_central_stats_and_denominator():
     ups = [_u([3.0, 4.0], 0.0) for _ in range(4)]
     rng, _ = make_generator(1)
-    mean, stats = dp_fedavg_central(ups, clip_norm=0.5, noise_multiplier=0.05, rng=rng, denominator=5.0)
-    assert stats.n_clients == 4 and stats.denominator == 5.0
+    _mean, stats = dp_fedavg_central(ups, clip_norm=0.5, noise_multiplier=0.05, rng=rng, denominator=5.0)
+    assert stats.n_clients == 4
+    assert stats.denominator == 5.0
     assert stats.noise_std_sum == pytest.approx(0.025)
     assert stats.noise_std_mean == pytest.approx(0.005)
     assert stats.clipped_mean_norm == pytest.approx(4 * 0.5 / 5, rel=1e-6)
@@ -93,7 +95,8 @@ def test_local_client_update_clips_then_noises():
     up = _u([30.0, 40.0], 0.0)
     out, info = dp_client_update_local(up, clip_norm=1.0, noise_multiplier=0.0, rng=make_generator(0)[0], scope="model")
     np.testing.assert_allclose(out["w"], [0.6, 0.8], rtol=1e-6)
-    assert info.clipped and info.pre_clip_norm == pytest.approx(50.0)
+    assert info.clipped
+    assert info.pre_clip_norm == pytest.approx(50.0)
 
 
 @pytest.mark.parametrize("scope", ["model", "layer"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -45,8 +46,10 @@ def _table_approx(value: float) -> object:
 
 def test_rdp_order_grid_is_pinned():
     assert len(RDP_ORDERS) == 99 + 53 + 4
-    assert RDP_ORDERS[0] == pytest.approx(1.1) and RDP_ORDERS[98] == pytest.approx(10.9)
-    assert RDP_ORDERS[99] == 11 and RDP_ORDERS[-1] == 1024
+    assert RDP_ORDERS[0] == pytest.approx(1.1)
+    assert RDP_ORDERS[98] == pytest.approx(10.9)
+    assert RDP_ORDERS[99] == 11
+    assert RDP_ORDERS[-1] == 1024
     assert list(RDP_ORDERS) == sorted(RDP_ORDERS)
 
 
@@ -110,9 +113,9 @@ def test_pld_agrees_with_opacus_prv(z, q):
 @pytest.mark.parametrize("q", [1.0, 0.3])
 def test_monotone_in_rounds_and_sigma(method, q):
     by_rounds = [_eps(1.0, q, method, rounds=t) for t in (1, 10, 50, 150)]
-    assert all(a < b for a, b in zip(by_rounds, by_rounds[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(by_rounds))
     by_sigma = [_eps(z, q, method, rounds=50) for z in (0.5, 1.0, 2.0, 4.0)]
-    assert all(a > b for a, b in zip(by_sigma, by_sigma[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(by_sigma))
 
 
 def test_heterogeneous_full_participation_is_exact_gaussian():
@@ -155,7 +158,8 @@ def test_150_rounds_are_fast():
 
 def test_meaningful_warning():
     warning = meaningful_warning(_eps(0.05, 1.0))
-    assert warning is not None and "no meaningful formal privacy" in warning
+    assert warning is not None
+    assert "no meaningful formal privacy" in warning
     assert meaningful_warning(8.0) is None
     assert meaningful_warning(math.inf) is not None
 
@@ -212,4 +216,5 @@ def test_ledger_infinite_epsilon_is_json_safe():
     state = json.loads(json.dumps(ledger.state_dict(), allow_nan=False))
     restored = PrivacyLedger(delta=DELTA)
     restored.load_state_dict(state)
-    assert math.isinf(restored.entries[0].epsilon_pld) and math.isinf(restored.epsilon())
+    assert math.isinf(restored.entries[0].epsilon_pld)
+    assert math.isinf(restored.epsilon())

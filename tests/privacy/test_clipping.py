@@ -78,7 +78,8 @@ def test_input_not_mutated(scope):
 
 def test_zero_update_and_errors():
     clipped, info = clip_update({"w": np.zeros(5, np.float32)}, 1.0)
-    assert info.pre_clip_norm == 0.0 and not info.clipped
+    assert info.pre_clip_norm == 0.0
+    assert not info.clipped
     np.testing.assert_array_equal(clipped["w"], 0.0)
     with pytest.raises(PrivacyError, match="clip norm"):
         clip_update({"w": np.ones(2, np.float32)}, 0.0)

@@ -61,7 +61,8 @@ def test_empirical_std_on_sum_and_mean():
     flat_sum = np.concatenate([v.ravel() for v in on_sum.values()])
     flat_mean = np.concatenate([v.ravel() for v in on_mean.values()])
     assert flat_sum.size == 1_000_000
-    assert flat_sum.dtype == np.float32 and on_sum["b"].shape == (400, 1000)
+    assert flat_sum.dtype == np.float32
+    assert on_sum["b"].shape == (400, 1000)
     assert np.std(flat_sum) == pytest.approx(z * clip, rel=0.01)
     assert np.std(flat_mean) == pytest.approx(z * clip / n, rel=0.01)
     assert abs(float(np.mean(flat_sum))) < 5 * z * clip / 1000

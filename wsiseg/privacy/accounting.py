@@ -16,12 +16,12 @@ but not a proven bound (fixed-size sampling is only analysed under replace-one n
 loop should sample Poisson-style when it claims amplification.
 
 Methods. ``"pld"`` (the headline) uses dp_accounting's privacy-loss-distribution accountant with pessimistic
-discretisation, so its ε is an upper bound, tight to ~1e-4 relative (about 1 absolute for ε in the thousands) (the discretisation interval
-is chosen as ``2e-5 × ε_RDP``, at least 1e-4, unless given; when ε_RDP exceeds 1e6 that RDP bound is returned,
-as no PLD grid is needed to say "no privacy"). ``"rdp"`` (cross-check, Mironov 2017; Mironov,
-Talwar & Zhang 2019) uses dp_accounting's RDP accountant on the pinned order grid :data:`RDP_ORDERS`; it is
-3–8 % looser at ``q = 1`` and can be much looser under sampling at small ``z``, because dp_accounting drops
-fractional orders whose series fails to converge (a conservative choice).
+discretisation, so its ε is an upper bound, tight to ~1e-4 relative (about 1 absolute once ε is in the
+thousands). The discretisation interval is ``2e-5 × ε_RDP`` (at least 1e-4) unless given; when ε_RDP exceeds
+1e6 that RDP bound is returned, as no PLD grid is needed to say "no privacy". ``"rdp"`` (cross-check; Mironov
+2017; Mironov, Talwar & Zhang 2019) uses dp_accounting's RDP accountant on the pinned order grid
+:data:`RDP_ORDERS`; it is 3–8 % looser at ``q = 1`` and can be much looser under sampling at small ``z``, because
+dp_accounting drops fractional orders whose series fails to converge (a conservative choice).
 
 The paper's "ε = C/σ" (eq. 14) is not a privacy guarantee and is deliberately not computed anywhere.
 """
@@ -316,7 +316,7 @@ class PrivacyLedger:
             noise_multiplier: ``z`` of this round.
             sample_rate: ``q`` of this round.
             clip: Clip norm ``C``.
-            n_clients_released: Number of client updates in the release (>= 1).
+            n_clients_released: Number of client updates in the release (0 for a noise-only central round).
 
         Returns:
             The new :class:`LedgerEntry`.
@@ -328,8 +328,8 @@ class PrivacyLedger:
         if self._entries and round <= self._entries[-1].round:
             msg = f"round {round} recorded after round {self._entries[-1].round}; round numbers must increase"
             raise PrivacyError(msg)
-        if not (math.isfinite(clip) and clip > 0) or int(n_clients_released) < 1:
-            msg = f"clip must be > 0 and n_clients_released >= 1, got {clip!r} and {n_clients_released!r}"
+        if not (math.isfinite(clip) and clip > 0) or int(n_clients_released) < 0:
+            msg = f"clip must be > 0 and n_clients_released >= 0, got {clip!r} and {n_clients_released!r}"
             raise PrivacyError(msg)
         history = self._segments([(noise_multiplier, sample_rate, 1)])
         kw: dict[str, Any] = {"delta": self.delta}
