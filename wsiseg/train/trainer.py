@@ -150,6 +150,7 @@ def run_training(
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_step: Callable[[int, float, int], None] | None = None,
+    stop_after_epoch: int | None = None,
 ) -> TrainResult:
     """Train one model centrally, evaluating on held-out slides after every epoch.
 
@@ -160,6 +161,7 @@ def run_training(
         resume: Continue from ``run_dir/checkpoints/last``.
         on_epoch: Called with each epoch's log row.
         on_step: Called after each optimizer step with ``(step, loss, batch)``.
+        stop_after_epoch: Return after this epoch as if interrupted (no final checkpoint); for tests.
 
     Returns:
         The run folder and the best and final metrics.
@@ -226,6 +228,8 @@ def run_training(
         plot_curves(run_dir / "curves.png", log.rows(), "epoch", panels)
         if on_epoch:
             on_epoch(row)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            return TrainResult(run_dir, best, report_dict, epoch + 1)
     final = run_dir / "checkpoints" / "final"
     save_checkpoint(final, model, {**card, "epoch": cfg.epochs, "metrics": report_dict})
     (run_dir / "metrics.json").write_text(json.dumps(report_dict, indent=2), encoding="utf-8")
