@@ -32,7 +32,10 @@ def fed_train(  # noqa: PLR0913
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 24,
     lr: Annotated[float, typer.Option(help="Base learning rate (poly decay over all rounds).")] = 0.01,
     dp: Annotated[str, typer.Option(help="none, central (server adds noise) or local (clients do).")] = "central",
-    sigma: Annotated[float, typer.Option("--sigma", "--noise-multiplier", help="Noise multiplier z.")] = 1.0,
+    sigma: Annotated[
+        float | None,
+        typer.Option("--sigma", "--noise-multiplier", help="Noise multiplier z (default 1.0, or calibrated)."),
+    ] = None,
     clip: Annotated[float, typer.Option(help="Clip norm C of each client update.")] = 0.5,
     clip_scope: Annotated[str, typer.Option(help="model (whole update) or layer (per tensor).")] = "model",
     delta: Annotated[float, typer.Option(help="Delta of the (epsilon, delta) guarantee.")] = 1e-5,
@@ -147,8 +150,8 @@ def _finish(result: Any, cfg: Any) -> None:
     from wsiseg.cli._console import console
     from wsiseg.privacy.accounting import meaningful_warning
 
-    if result.stopped:
-        console.print(f"[yellow]{result.stopped}[/]", highlight=False)
+    if result.stopped_early:
+        console.print(f"[yellow]{result.stopped_early}[/]", highlight=False)
     dice = result.final_metrics.get("paper", {}).get("dice") if result.final_metrics else None
     dice_txt = f"{dice:.4f}" if isinstance(dice, float) else "-"
     if result.epsilon is None:

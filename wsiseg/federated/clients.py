@@ -90,8 +90,13 @@ def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def buffer_state(model: nn.Module) -> dict[str, np.ndarray]:
-    """Buffers (e.g. BatchNorm running statistics) as numpy arrays (copies)."""
-    return {n: b.detach().cpu().numpy().copy() for n, b in model.named_buffers()}
+    """Persistent buffers (e.g. BatchNorm running statistics) as numpy arrays (copies).
+
+    Non-persistent buffers (constant lookup tables such as Swin's relative position index) are not part of the
+    state dict and are never exchanged.
+    """
+    params = {n for n, _ in model.named_parameters()}
+    return {n: t.detach().cpu().numpy().copy() for n, t in model.state_dict().items() if n not in params}
 
 
 def build_clients(

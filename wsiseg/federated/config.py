@@ -8,11 +8,14 @@ from typing import Any
 
 from wsiseg.errors import ConfigError
 
-__all__ = ["DEFAULT_TRAIN_SEED", "FedConfig"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "FedConfig"]
 
 #: Seed of model init and data order when the user gives none (the official DHUnet seed). DP noise never
 #: uses it: without ``--seed`` the noise comes from OS entropy.
 DEFAULT_TRAIN_SEED = 301
+
+#: Noise multiplier when neither ``--sigma`` nor ``--target-epsilon`` is given.
+DEFAULT_SIGMA = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class FedConfig:
     augment: bool = True
     test_fraction: float = 0.3
     dp: str = "central"
-    sigma: float = 1.0
+    sigma: float | None = None
     clip: float = 0.5
     clip_scope: str = "model"
     delta: float = 1e-5
@@ -57,7 +60,7 @@ class FedConfig:
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
             (0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}"),
             (self.clip > 0, f"--clip must be > 0, got {self.clip}"),
-            (self.sigma >= 0, f"--sigma must be >= 0, got {self.sigma}"),
+            (self.sigma is None or self.sigma >= 0, f"--sigma must be >= 0, got {self.sigma}"),
             (0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}"),
             (self.clip_scope in ("model", "layer"), f"--clip-scope must be model or layer, got {self.clip_scope!r}"),
             (self.local_epochs >= 1, f"--local-epochs must be >= 1, got {self.local_epochs}"),
@@ -69,6 +72,16 @@ class FedConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The sigma to use unless it is calibrated: ``--sigma``, else 1.0."""
+        return DEFAULT_SIGMA if self.sigma is None else self.sigma
+
+    @property
+    def calibrates(self) -> bool:
+        """True when sigma is derived from ``--target-epsilon`` (no explicit ``--sigma``)."""
+        return self.target_epsilon is not None and self.sigma is None and self.dp != "none"
 
     @property
     def train_seed(self) -> int:

@@ -33,8 +33,8 @@ def plan_rows(cfg: FedConfig, *, with_params: bool = True) -> dict[str, Any]:
     """
     k = _n_clients(cfg)
     q = cfg.fraction if cfg.dp == "central" else 1.0
-    sigma = cfg.sigma
-    if cfg.target_epsilon is not None:
+    sigma = cfg.noise_multiplier
+    if cfg.calibrates:
         sigma = calibrate_noise_multiplier(target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,
                                            sample_rate=q)  # fmt: skip
     n_params = _n_params(cfg) if with_params else None

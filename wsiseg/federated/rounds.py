@@ -102,7 +102,7 @@ class _Run:
             make_generator(None if cfg.seed is None else cfg.seed * 1009 + 1 + i)[0] for i in range(len(self.clients))
         ]
         self.ledger = PrivacyLedger(delta=cfg.delta) if cfg.dp != "none" else None
-        self.sigma = cfg.sigma
+        self.sigma = cfg.noise_multiplier
         self.start_round = 1
         test = global_test(self.clients)
         self.test_loader = (
@@ -180,7 +180,7 @@ def _local_cfg(cfg: FedConfig, device: str) -> LocalTraining:
 
 def _calibrate(run: _Run) -> None:
     cfg = run.cfg
-    if cfg.target_epsilon is None or cfg.dp == "none":
+    if not cfg.calibrates:
         return
     from wsiseg.privacy.calibrate import calibrate_noise_multiplier  # noqa: PLC0415
 
@@ -272,7 +272,7 @@ def run_federated(
             on_round(RoundReport(rnd, [run.clients[i].name for i in picked], loss, dice, eps, agg.stats,
                                  time.perf_counter() - t0))  # fmt: skip
         if stop_after is not None and rnd >= stop_after:
-            return FedResult(run_dir, rnd, eps, metrics, stopped=f"stopped after round {rnd} as asked")
+            return FedResult(run_dir, rnd, eps, metrics, stopped_early=f"stopped after round {rnd} as asked")
     final_card = {**run.card(), "round": last, "metrics": metrics}
     save_checkpoint(run_dir / "checkpoints" / "final", run.model, final_card)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
