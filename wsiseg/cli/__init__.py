@@ -66,7 +66,7 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from wsiseg.cli import export, fed_train, info, models, predict, synth, tile, train
+    from wsiseg.cli import evaluate, export, fed_train, info, models, predict, synth, tile, train
 
     commands = [
         ("synth", synth.synth),
@@ -77,6 +77,7 @@ def _register() -> None:
         ("fed-train", fed_train.fed_train),
         ("predict", predict.predict),
         ("export", export.export),
+        ("evaluate", evaluate.evaluate),
     ]
     for name, func in commands:
         app.command(name)(_guard(func))

@@ -59,9 +59,10 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     import torch  # noqa: PLC0415
 
     from wsiseg.config import resolve_device  # noqa: PLC0415
+    from wsiseg.federated.clients import local_update  # noqa: PLC0415
     from wsiseg.federated.config import FedConfig  # noqa: PLC0415
     from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply  # noqa: PLC0415
-    from wsiseg.federated.flower.site import NoiseState, load_site  # noqa: PLC0415
+    from wsiseg.federated.flower.site import load_site  # noqa: PLC0415
     from wsiseg.federated.rounds import _local_cfg  # noqa: PLC0415
     from wsiseg.models import create_model  # noqa: PLC0415
 
@@ -78,9 +79,9 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     device = resolve_device(str(node.get("device", "auto")))
     model = create_model(cfg.model, num_classes=len(client.train.classes), **json.loads(str(conf["model-args"])))
     model.to(device)
-    glob = {k: torch.from_numpy(v.copy()).to(device) for k, v in arrays_to_numpy(content.array_records["global"]).items()}
+    arrays = arrays_to_numpy(content.array_records["global"])
+    glob = {k: torch.from_numpy(v.copy()).to(device) for k, v in arrays.items()}
     t0 = time.perf_counter()
-    from wsiseg.federated.clients import local_update  # noqa: PLC0415
 
     res = local_update(model, glob, client, _local_cfg(cfg, device), round_index=rnd, total_rounds=cfg.rounds,
                        seed=seed, client_index=index)  # fmt: skip

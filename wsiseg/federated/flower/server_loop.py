@@ -226,8 +226,10 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
     logs.plots()
     final_eps = srv.privacy_summary().get("epsilon")
     log(f"done: {srv.run_dir}  epsilon {final_eps}")
-    return {"rounds_done": srv.cfg.rounds, "epsilon": final_eps if eps is not None else None,
-            "run_dir": str(srv.run_dir)}  # fmt: skip
+    result = {"rounds_done": srv.cfg.rounds, "epsilon": final_eps if eps is not None else None,
+              "run_dir": str(srv.run_dir)}  # fmt: skip
+    (srv.run_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
 
 
 def _train_messages(srv: _Server, sites: _Sites, picked: list[int], rnd: int) -> list[Message]:
@@ -239,7 +241,7 @@ def _train_messages(srv: _Server, sites: _Sites, picked: list[int], rnd: int) ->
     }  # fmt: skip
     return [
         Message(RecordDict({"global": glob, "config": ConfigRecord({**base, "client-index": i})}),
-                dst_node_id=sites.node_of[i], message_type=MessageType.TRAIN)  # fmt: skip
+                dst_node_id=sites.node_of[i], message_type=MessageType.TRAIN)
         for i in picked
         if i in sites.node_of
     ]
