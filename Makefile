@@ -21,7 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check wsiseg tests benchmarks examples
 	$(BIN)/ruff format --check wsiseg tests benchmarks examples
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or integration or not slow"

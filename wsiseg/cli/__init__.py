@@ -66,7 +66,20 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register() -> None:
-    from wsiseg.cli import evaluate, export, fed_train, info, models, predict, synth, tile, train
+    from wsiseg.cli import (
+        evaluate,
+        export,
+        fed_certs,
+        fed_client,
+        fed_server,
+        fed_train,
+        info,
+        models,
+        predict,
+        synth,
+        tile,
+        train,
+    )
 
     commands = [
         ("synth", synth.synth),
@@ -75,6 +88,9 @@ def _register() -> None:
         ("models", models.models),
         ("train", train.train),
         ("fed-train", fed_train.fed_train),
+        ("fed-certs", fed_certs.fed_certs),
+        ("fed-server", fed_server.fed_server),
+        ("fed-client", fed_client.fed_client),
         ("predict", predict.predict),
         ("export", export.export),
         ("evaluate", evaluate.evaluate),

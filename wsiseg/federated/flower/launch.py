@@ -193,6 +193,9 @@ def register_site(public_key: Path, name: str, env: dict[str, str], timeout: flo
     """
     cmd = ["flwr", "supernode", "register", str(public_key), CONNECTION, "--name", name]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    text = (out.stdout + out.stderr).lower()
+    if "already" in text:  # a resumed server reuses its SuperLink database and its registrations
+        return out.stdout
     if out.returncode != 0 or "success" not in out.stdout.lower():
         msg = f"registering site {name} ({public_key}) failed: {(out.stdout + out.stderr).strip()[-400:]}"
         raise WsisegError(msg)

@@ -9,10 +9,8 @@ data-dependent scalars that no accountant covers, so they stay in the site's own
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -20,16 +18,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from wsiseg.federated.clients import ClientResult
 
 __all__ = [
-    "HELLO",
-    "TRAIN",
     "arrays_to_numpy",
     "numpy_to_arrays",
     "reply_to_result",
     "result_to_reply",
 ]
-
-HELLO = "wsiseg-hello"
-TRAIN = "wsiseg-train"
 
 
 def numpy_to_arrays(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -71,8 +64,3 @@ def reply_to_result(content: RecordDict) -> ClientResult:
         loss=float(meta.get("loss", math.nan)),
         seconds=0.0,
     )
-
-
-def pack_json(data: dict[str, Any]) -> str:
-    """JSON text for a ``ConfigRecord`` value."""
-    return json.dumps(data, sort_keys=True)

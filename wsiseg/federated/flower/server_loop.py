@@ -213,20 +213,19 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
     flog = CsvLog(srv.run_dir / "flower_rounds.csv", keep_until=("round", float(srv.start_round - 1)))
     strategy = srv.strategy()
     expected = max(1e-9, srv.cfg.fraction * len(spec.sites))
-    eps = None
     for rnd in range(srv.start_round, srv.cfg.rounds + 1):
         if srv.ledger is not None and srv.cfg.target_epsilon is not None:
             projected = srv.ledger.projected_epsilon(noise_multiplier=srv.sigma, sample_rate=srv.sample_rate)
             if projected > srv.cfg.target_epsilon * (1 + 1e-9):
                 log(f"stopped before round {rnd}: epsilon would reach {projected:.3f} > {srv.cfg.target_epsilon}")
                 break
-        eps = _one_round(srv, sites, strategy, rnd, expected, logs, flog, log)
+        _one_round(srv, sites, strategy, rnd, expected, logs, flog, log)
     save_checkpoint(srv.run_dir / "checkpoints" / "final", srv.model, srv.card(srv.cfg.rounds))
     (srv.run_dir / "metrics.json").write_text("{}", encoding="utf-8")
     logs.plots()
     final_eps = srv.privacy_summary().get("epsilon")
     log(f"done: {srv.run_dir}  epsilon {final_eps}")
-    result = {"rounds_done": srv.cfg.rounds, "epsilon": final_eps if eps is not None else None,
+    result = {"rounds_done": srv.cfg.rounds, "epsilon": final_eps,
               "run_dir": str(srv.run_dir)}  # fmt: skip
     (srv.run_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
@@ -240,8 +239,11 @@ def _train_messages(srv: _Server, sites: _Sites, picked: list[int], rnd: int) ->
         "run-key": srv.run_dir.resolve().as_posix(),
     }  # fmt: skip
     return [
-        Message(RecordDict({"global": glob, "config": ConfigRecord({**base, "client-index": i})}),
-                dst_node_id=sites.node_of[i], message_type=MessageType.TRAIN)
+        Message(
+            RecordDict({"global": glob, "config": ConfigRecord({**base, "client-index": i})}),
+            dst_node_id=sites.node_of[i],
+            message_type=MessageType.TRAIN,
+        )
         for i in picked
         if i in sites.node_of
     ]

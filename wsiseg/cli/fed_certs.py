@@ -1,0 +1,36 @@
+"""``wsiseg fed-certs``: a trial CA, the SuperLink's TLS certificate and one node key per site."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["fed_certs"]
+
+
+def fed_certs(
+    sites: Annotated[list[str], typer.Option("--site", help="Site name (repeat for each site).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("fed-certs"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Server name or IP the sites connect to (repeat; default 127.0.0.1, localhost)."),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Certificate validity in days.")] = 30,
+) -> None:
+    """Create certificates and SuperNode keys for a trial federation (use your institution's PKI in production)."""
+    from wsiseg.cli._console import console
+    from wsiseg.federated.flower.certificates import make_trial_certs
+
+    hosts = host or ["127.0.0.1", "localhost"]
+    certs = make_trial_certs(out, sites, hosts=hosts, days=days)
+    console.print(
+        f"CA: {certs.ca_cert} (keep {certs.root / 'ca.key'} offline; it is not needed to run)", highlight=False
+    )
+    console.print(f"server: copy {certs.server_dir}/ to the server; `wsiseg fed-server --certs {certs.server_dir}`",
+                  highlight=False)  # fmt: skip
+    for site, folder in certs.site_dirs.items():
+        console.print(f"site {site}: copy {folder}/ to that site only; `wsiseg fed-client --certs {folder.name}/`",
+                      highlight=False)  # fmt: skip
+    console.print(f"server certificate valid for: {', '.join(hosts)}; {days} days", highlight=False)

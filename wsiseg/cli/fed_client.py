@@ -1,0 +1,74 @@
+"""``wsiseg fed-client``: run one site of a multi-site federation (a Flower SuperNode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["fed_client"]
+
+
+def fed_client(  # noqa: PLR0913
+    data: Annotated[Path, typer.Option(help="This site's tile dataset (from `wsiseg tile`).")],
+    server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
+    site: Annotated[
+        str | None, typer.Option(help="Site name as registered on the server (default: from --certs).")
+    ] = None,
+    certs: Annotated[
+        Path | None, typer.Option(help="This site's folder from `wsiseg fed-certs` (ca.crt, node.key).")
+    ] = None,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate of the server (instead of --certs).")] = None,
+    node_key: Annotated[Path | None, typer.Option(help="OpenSSH ECDSA private node key (instead of --certs).")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS, no node key: loopback testing only.")] = False,
+    state_dir: Annotated[Path | None, typer.Option(help="Private site state (default .wsiseg-site/SITE).")] = None,
+    port: Annotated[int, typer.Option(help="Local port of the SuperNode's own API (127.0.0.1 only).")] = 9094,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    require_dp: Annotated[str, typer.Option(help="Refuse rounds weaker than: none, central or local.")] = "none",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for local training.")] = None,
+    retry_seconds: Annotated[
+        float, typer.Option(help="Restart the SuperNode this long after it exits (0: stop).")
+    ] = 15.0,
+) -> None:
+    """Serve this site's data to a federation: trains locally; only the DP-processed update leaves the site."""
+    import time
+
+    from wsiseg.cli._console import console
+    from wsiseg.errors import ConfigError
+    from wsiseg.federated.flower import launch
+    from wsiseg.federated.flower.federation import SiteOptions, start_site
+
+    if require_dp not in ("none", "central", "local"):
+        msg = f"--require-dp must be none, central or local, got {require_dp!r}"
+        raise ConfigError(msg)
+    host = server.rsplit(":", 1)[0]
+    if insecure:
+        launch.check_insecure(host, insecure=True)
+        console.print("[bold yellow]WARNING:[/] --insecure: no TLS and no node key; loopback testing only")
+        ca_path, key_path = None, None
+    else:
+        ca_path = ca or (certs / "ca.crt" if certs else None)
+        key_path = node_key or (certs / "node.key" if certs else None)
+        if ca_path is None or key_path is None:
+            msg = "TLS and a node key are required: give --certs SITE_DIR (`wsiseg fed-certs`) or --ca and --node-key"
+            raise ConfigError(msg)
+    name = site or (certs.resolve().name if certs else data.resolve().name)
+    opts = SiteOptions(data=data, site=name, server=server, state_dir=state_dir or Path(".wsiseg-site") / name,
+                       ca_cert=ca_path, node_key=key_path, port=port, device=device, require_dp=require_dp,
+                       threads=threads)  # fmt: skip
+    console.print(f"site {name}: connecting to {server}; log {opts.state_dir / 'supernode.log'}", highlight=False)
+    while True:
+        proc = start_site(opts)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            launch.stop(proc)
+            console.print(f"site {name}: stopped")
+            return
+        log = opts.state_dir / "supernode.log"
+        console.print(f"[yellow]site {name}: SuperNode exited with code {code}[/] (305: refused, e.g. key not "
+                      f"registered on the server); log {log}", highlight=False)  # fmt: skip
+        if retry_seconds <= 0:
+            raise typer.Exit(code or 1)
+        time.sleep(retry_seconds)
