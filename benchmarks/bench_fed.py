@@ -63,12 +63,14 @@ def ensure_tiles(work: Path, n_slides: int, seed: int) -> Path:
     return tiles
 
 
-def fed_config(tiles: Path, clients: int, rounds: int, dp: str, sigma: float | None, seed: int) -> FedConfig:
+def fed_config(
+    tiles: Path, clients: int, rounds: int, dp: str, sigma: float | None, seed: int, device: str = "cpu"
+) -> FedConfig:
     """The small run: dhunet_tiny at 64 px with GroupNorm in every mode (DP forbids BatchNorm statistics)."""
     return FedConfig(
         data=(str(tiles),), clients=clients, rounds=rounds, model="dhunet_tiny",
         model_args={"img_size": TILE, "norm": "groupnorm"}, batch_size=8, dp=dp, sigma=sigma, seed=seed,
-        eval_every=rounds, device="cpu", workers=0,
+        eval_every=rounds, device=device, workers=0,
     )  # fmt: skip
 
 
@@ -82,14 +84,14 @@ def overhead_table(tiles: Path, work: Path, args: argparse.Namespace) -> list[st
     """(1): per-round DP overhead of real runs with 3 and 5 clients."""
     lines = [
         f"### bench_fed (1): `run_federated`, dhunet_tiny {TILE} px GroupNorm, central DP sigma 1.0, batch 8, "
-        f"{args.overhead_rounds} rounds, CPU {torch.get_num_threads()} torch thread(s), {_blas()}",
+        f"{args.overhead_rounds} rounds, {args.device}, {torch.get_num_threads()} torch thread(s), {_blas()}",
         "",
         "| clients | rounds | train s / round (all clients) | DP+agg s / round | dp_overhead (median) "
         "| dp_overhead (max) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for k in (3, 5):
-        cfg = fed_config(tiles, k, args.overhead_rounds, "central", 1.0, args.seed)
+        cfg = fed_config(tiles, k, args.overhead_rounds, "central", 1.0, args.seed, args.device)
         res = run_federated(cfg, runs_root=work / "fed_runs")
         rows = read_rounds(res.run_dir)
         train = [float(r["train_seconds"]) for r in rows]
@@ -171,7 +173,9 @@ def quality_table(tiles: Path, work: Path, args: argparse.Namespace) -> list[str
         "|---|---:|---:|---:|---:|---:|",
     ]
     for dp, sigma in (("none", None), ("central", 0.05), ("central", 1.0)):
-        res = run_federated(fed_config(tiles, 3, args.rounds, dp, sigma, args.seed), runs_root=work / "fed_runs")
+        res = run_federated(
+            fed_config(tiles, 3, args.rounds, dp, sigma, args.seed, args.device), runs_root=work / "fed_runs"
+        )
         rows = read_rounds(res.run_dir)
         dice = next((float(r["test_dice"]) for r in reversed(rows) if r["test_dice"]), float("nan"))
         eps = "n/a (no DP)" if res.epsilon is None else f"{res.epsilon:.4g}"
@@ -194,6 +198,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--slides", type=int, default=10, help="slides in the generated cohort")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="device of the (1) and (3) runs (cuda on a GPU host)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wsiseg-bench")
     ap.add_argument("--out", type=Path, help="append the markdown tables to this file")

@@ -91,7 +91,8 @@ def bench_model(name: str, source: TileSource, args: argparse.Namespace, device:
     batch, steps = (args.gpu_batch, args.gpu_steps) if device.startswith("cuda") else (args.batch, args.steps)
     if name == "dhunet" and device == "cpu":
         steps = min(steps, args.dhunet_steps)
-    loader = loader_for(source, batch, args.workers, args.seed, device)
+    workers = args.gpu_workers if device.startswith("cuda") else args.workers
+    loader = loader_for(source, batch, workers, args.seed, device)
     batches = cycle(loader)
     fixed = next(batches)
     torch.manual_seed(args.seed)
@@ -105,7 +106,7 @@ def bench_model(name: str, source: TileSource, args: argparse.Namespace, device:
         train_steps(model, it, opt, loss_fn, lr_at=lambda s: poly_lr(0.01, s, total), first_step=first,
                     max_steps=n, device=device, amp=True, channels_last=True)  # fmt: skip
 
-    run(itertools.repeat(fixed), args.warmup, 0)
+    run(itertools.repeat(fixed), args.gpu_warmup if device.startswith("cuda") else args.warmup, 0)
     rows = []
     n_load = max(steps, 3)
     rows.append(("loader only", *rate(lambda: list(itertools.islice(batches, n_load)), n_load * batch, device)))
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="also run on CUDA (bf16 + channels_last)")
     ap.add_argument("--gpu-batch", type=int, default=24)
     ap.add_argument("--gpu-steps", type=int, default=30)
+    ap.add_argument("--gpu-warmup", type=int, default=5)
+    ap.add_argument("--gpu-workers", type=int, default=8, help="DataLoader workers on CUDA")
     ap.add_argument("--slides", type=int, default=2, help="slides in the generated cohort")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wsiseg-bench")

@@ -70,11 +70,7 @@ def test_augmentation_keeps_image_and_mask_aligned():
             inside = lab == cls
             # interior pixels (away from interpolated borders) carry the class colour
             eroded = (
-                inside
-                & np.roll(inside, 1, 0)
-                & np.roll(inside, -1, 0)
-                & np.roll(inside, 1, 1)
-                & np.roll(inside, -1, 1)
+                inside & np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1) & np.roll(inside, -1, 1)
             )
             if eroded.any():
                 diff = np.abs(arr[eroded] - colours[cls]).max(axis=1)

@@ -37,9 +37,7 @@ def _write_read(tmp_path: Path, features: list[dict]) -> dict:
 
 def test_known_mask_roundtrip_through_file(tmp_path: Path) -> None:
     mask = _known_mask()
-    feats = mask_to_features(
-        mask, classes=DEFAULT_CLASSES, scale_to_level0=SCALE, mpp_level0=MPP, slide_name="s1"
-    )
+    feats = mask_to_features(mask, classes=DEFAULT_CLASSES, scale_to_level0=SCALE, mpp_level0=MPP, slide_name="s1")
     data = _write_read(tmp_path, feats)
     assert data["type"] == "FeatureCollection"
     features = data["features"]
@@ -104,14 +102,10 @@ def test_rasterizing_the_features_gives_back_the_mask() -> None:
 def test_min_area_in_um2_and_in_level0_px() -> None:
     mask = _known_mask()
     # um^2 per pixel = 16 * 0.25 = 4: keep regions >= 300 um^2 (tumor square 1344, stroma 400, normal 300)
-    feats = mask_to_features(
-        mask, classes=DEFAULT_CLASSES, scale_to_level0=SCALE, mpp_level0=MPP, min_area_um2=300
-    )
+    feats = mask_to_features(mask, classes=DEFAULT_CLASSES, scale_to_level0=SCALE, mpp_level0=MPP, min_area_um2=300)
     assert sorted(f["properties"]["measurements"]["area_um2"] for f in feats) == [300, 400, 1344]
     # without mpp the threshold is level-0 px^2 (16 per pixel) and no um^2 measurement is written
-    feats = mask_to_features(
-        mask, classes=DEFAULT_CLASSES, scale_to_level0=SCALE, mpp_level0=None, min_area_um2=144
-    )
+    feats = mask_to_features(mask, classes=DEFAULT_CLASSES, scale_to_level0=SCALE, mpp_level0=None, min_area_um2=144)
     areas = sorted(f["properties"]["measurements"]["area_px_level0"] for f in feats)
     assert areas == [144, 144, 1200, 1600, 5376]
     assert all("area_um2" not in f["properties"]["measurements"] for f in feats)
@@ -142,9 +136,7 @@ def test_simplified_polygons_stay_valid_and_close_in_area() -> None:
 
 def test_detection_type_and_bad_input() -> None:
     mask = _known_mask()
-    feats = mask_to_features(
-        mask, classes=DEFAULT_CLASSES, scale_to_level0=1, mpp_level0=None, object_type="detection"
-    )
+    feats = mask_to_features(mask, classes=DEFAULT_CLASSES, scale_to_level0=1, mpp_level0=None, object_type="detection")
     assert {f["properties"]["objectType"] for f in feats} == {"detection"}
     with pytest.raises(DataError, match=r"\[12\]"):
         mask_to_features(mask + 9 * (mask == 3), classes=DEFAULT_CLASSES, scale_to_level0=1, mpp_level0=None)

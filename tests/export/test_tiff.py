@@ -135,15 +135,11 @@ def test_exception_midway_leaves_nothing(tmp_path: Path, labels: np.ndarray) -> 
         raise RuntimeError("reader died")
 
     with pytest.raises(RuntimeError, match="reader died"):
-        write_label_pyramid(
-            tmp_path / "mask.tif", blocks(), mpp=MPP, classes=DEFAULT_CLASSES, size=(590, 700)
-        )
+        write_label_pyramid(tmp_path / "mask.tif", blocks(), mpp=MPP, classes=DEFAULT_CLASSES, size=(590, 700))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_incomplete_or_disordered_rows_fail_and_keep_old_file(
-    tmp_path: Path, labels: np.ndarray
-) -> None:
+def test_incomplete_or_disordered_rows_fail_and_keep_old_file(tmp_path: Path, labels: np.ndarray) -> None:
     old = write(tmp_path, labels)
     before = old.read_bytes()
     w = MaskTiffWriter(old, 590, 700, mpp=MPP, classes=DEFAULT_CLASSES)

@@ -167,9 +167,7 @@ def test_skipped_windows_leave_unanalysed_value() -> None:
     field = np.zeros((2, h, w), np.float32)
     field[1] = 1.0
     skip = {(32, 32), (32, 48), (48, 32), (48, 48)}
-    _, sink = run(
-        field, 32, 16, keep=lambda x, y: (x, y) not in skip, unanalysed_value=255, emit_probs=True
-    )
+    _, sink = run(field, 32, 16, keep=lambda x, y: (x, y) not in skip, unanalysed_value=255, emit_probs=True)
     hole = np.zeros((h, w), bool)
     hole[48:64, 48:64] = True
     assert np.all(sink.labels[hole] == 255)

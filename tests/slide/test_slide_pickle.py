@@ -72,9 +72,7 @@ def test_handle_from_another_process_is_not_reused(aperio_slide: SyntheticSlide)
         pytest.param("tiffslide", "spawn", marks=pytest.mark.slow),  # ~10 s: torch import x2
     ],
 )
-def test_dataloader_workers_match_direct_reads(
-    aperio_slide: SyntheticSlide, backend: str, context: str
-) -> None:
+def test_dataloader_workers_match_direct_reads(aperio_slide: SyntheticSlide, backend: str, context: str) -> None:
     slide = open_slide(aperio_slide.path, backend=backend)  # handle open in the parent
     expected = np.stack([slide.read_region(loc, 0, (128, 128)) for loc in LOCATIONS])
     loader = DataLoader(

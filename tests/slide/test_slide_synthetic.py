@@ -54,9 +54,7 @@ def test_read_region_matches_written(
 
 
 @pytest.mark.parametrize(("level", "loc"), [(0, (123, 457)), (1, (400, 800)), (2, (0, 0))])
-def test_openslide_and_tiffslide_agree(
-    aperio_slide: SyntheticSlide, level: int, loc: tuple[int, int]
-) -> None:
+def test_openslide_and_tiffslide_agree(aperio_slide: SyntheticSlide, level: int, loc: tuple[int, int]) -> None:
     with (
         open_slide(aperio_slide.path, backend="openslide") as a,
         open_slide(aperio_slide.path, backend="tiffslide") as b,

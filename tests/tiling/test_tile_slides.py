@@ -160,9 +160,7 @@ def test_geojson_masks_via_tiling(tmp_path: Path) -> None:
     props = {"objectType": "annotation", "classification": {"name": "Tumor", "color": [0, 64, 128]}}
     feat = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}, "properties": props}
     (masks / "g.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
-    tile_many(
-        [tmp_path / "g.svs"], tmp_path / "tiles", TilingConfig(min_tissue=0.0), masks_dir=masks, workers=1
-    )
+    tile_many([tmp_path / "g.svs"], tmp_path / "tiles", TilingConfig(min_tissue=0.0), masks_dir=masks, workers=1)
     man = load_manifest(tmp_path / "tiles")
     rec = next(r for r in man.records if (r.x, r.y) == (1000, 500))
     tile = np.asarray(Image.open(tmp_path / "tiles" / rec.mask))

@@ -37,9 +37,7 @@ def test_dice_loss_sums_over_the_whole_batch() -> None:
     target = torch.randint(0, 3, (2, 4, 5), generator=gen)
     batched = dice_loss(logits, target, 3)
     # the whole batch counts as one image: side by side along the width gives the same sums
-    side_by_side = dice_loss(
-        torch.cat([logits[0], logits[1]], dim=-1)[None], torch.cat([*target], -1)[None], 3
-    )
+    side_by_side = dice_loss(torch.cat([logits[0], logits[1]], dim=-1)[None], torch.cat([*target], -1)[None], 3)
     assert batched.item() == pytest.approx(side_by_side.item(), abs=1e-6)
     per_sample_mean = (dice_loss(logits[:1], target[:1], 3) + dice_loss(logits[1:], target[1:], 3)) / 2
     assert abs(batched.item() - per_sample_mean.item()) > 1e-4
@@ -86,9 +84,7 @@ def test_segloss_single_tensor_and_components() -> None:
     ce = F.cross_entropy(logits, target)
     dice = dice_loss(logits, target, 4)
     assert total.item() == pytest.approx(0.5 * ce.item() + 0.5 * dice.item(), abs=1e-6)
-    assert loss_fn.last_components == pytest.approx(
-        {"loss": total.item(), "ce": ce.item(), "dice": dice.item()}
-    )
+    assert loss_fn.last_components == pytest.approx({"loss": total.item(), "ce": ce.item(), "dice": dice.item()})
     weighted = SegLoss(4, ce_weight=1.0, dice_weight=0.0)(logits, target)
     assert weighted.item() == pytest.approx(ce.item(), abs=1e-6)
 
@@ -122,9 +118,7 @@ def test_segloss_ignore_index() -> None:
     target = torch.randint(0, 3, (1, 4, 4), generator=gen)
     target[0, :, 0] = 255
     total = SegLoss(3, ignore_index=255)(logits, target)
-    ref = 0.5 * F.cross_entropy(logits[..., 1:], target[..., 1:]) + 0.5 * dice_loss(
-        logits[..., 1:], target[..., 1:], 3
-    )
+    ref = 0.5 * F.cross_entropy(logits[..., 1:], target[..., 1:]) + 0.5 * dice_loss(logits[..., 1:], target[..., 1:], 3)
     assert total.item() == pytest.approx(ref.item(), abs=1e-6)
 
 

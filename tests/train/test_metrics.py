@@ -109,9 +109,7 @@ def test_out_of_range_labels_raise_with_values() -> None:
     with pytest.raises(LabelRangeError, match="7"):
         confusion_matrix(pred, target, 4, ignore_index=255)
     target[0, 1] = 2
-    np.testing.assert_array_equal(
-        confusion_matrix(pred, target, 4, ignore_index=255).sum(axis=0), [3, 0, 0, 0]
-    )
+    np.testing.assert_array_equal(confusion_matrix(pred, target, 4, ignore_index=255).sum(axis=0), [3, 0, 0, 0])
 
 
 def test_bad_inputs() -> None:
@@ -186,9 +184,7 @@ def test_against_torchmetrics_on_random_masks() -> None:
     np.testing.assert_allclose(plain["dice"], tm_dice.numpy(), atol=1e-6)
     for key, fn in (("iou", multiclass_jaccard_index), ("precision", multiclass_precision)):
         np.testing.assert_allclose(plain[key], fn(p_t, t_t, 4, average="none").numpy(), atol=1e-6)
-    np.testing.assert_allclose(
-        plain["recall"], multiclass_recall(p_t, t_t, 4, average="none").numpy(), atol=1e-6
-    )
+    np.testing.assert_allclose(plain["recall"], multiclass_recall(p_t, t_t, 4, average="none").numpy(), atol=1e-6)
 
 
 def test_property_dice_jaccard_relation() -> None:

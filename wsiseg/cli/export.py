@@ -13,13 +13,9 @@ __all__ = ["export"]
 def export(
     masks: Annotated[list[Path], typer.Argument(help="Predicted mask.tif file(s) from `wsiseg predict`.")],
     slide: Annotated[Path | None, typer.Option(help="The slide of a single mask (for the overlay).")] = None,
-    slides: Annotated[
-        Path | None, typer.Option(help="Folder with slides named like the masks (for batches).")
-    ] = None,
+    slides: Annotated[Path | None, typer.Option(help="Folder with slides named like the masks (for batches).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("export"),
-    min_area: Annotated[
-        float, typer.Option(help="Drop regions below this area (um^2; px^2 without mpp).")
-    ] = 0.0,
+    min_area: Annotated[float, typer.Option(help="Drop regions below this area (um^2; px^2 without mpp).")] = 0.0,
     geojson_mpp: Annotated[
         float, typer.Option(help="Polygonise from the mask level nearest this um/px (QuPath-friendly).")
     ] = 4.0,

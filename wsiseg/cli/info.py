@@ -51,12 +51,8 @@ def info(
         list[Path],
         typer.Argument(help="Slide files or DICOM-WSI folders.", show_default=False),
     ],
-    json_: Annotated[
-        bool, typer.Option("--json", help="Print a JSON list to stdout instead of tables.")
-    ] = False,
-    backend: Annotated[
-        str, typer.Option("--backend", help="Reader: auto, openslide, tiffslide or pillow.")
-    ] = "auto",
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON list to stdout instead of tables.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="Reader: auto, openslide, tiffslide or pillow.")] = "auto",
 ) -> None:
     """Show dimensions, pyramid levels, mpp, objective and associated images of slides.
 

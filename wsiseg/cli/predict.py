@@ -13,9 +13,9 @@ __all__ = ["predict"]
 
 def predict(
     slides: Annotated[list[str], typer.Argument(help="Slide files, folders or globs.")],
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="mask.tif for one slide, or a folder for several.")
-    ] = Path("predictions"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="mask.tif for one slide, or a folder for several.")] = Path(
+        "predictions"
+    ),
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="Checkpoint (default: newest run in --runs).")
     ] = None,

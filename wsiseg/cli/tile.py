@@ -17,9 +17,7 @@ def tile(
     window: Annotated[int, typer.Option(help="Window side in level-0 px (or px at --mpp).")] = 1000,
     stride: Annotated[int, typer.Option(help="Step between windows, same unit as --window.")] = 500,
     size: Annotated[int, typer.Option(help="Output tile side in px.")] = 224,
-    mpp: Annotated[
-        float | None, typer.Option(help="Define --window/--stride physically at this um/px.")
-    ] = None,
+    mpp: Annotated[float | None, typer.Option(help="Define --window/--stride physically at this um/px.")] = None,
     slide_mpp: Annotated[
         float | None, typer.Option(help="Level-0 um/px for slides without (or with wrong) mpp.")
     ] = None,
@@ -36,9 +34,7 @@ def tile(
     palette: Annotated[str, typer.Option(help="Label PNG convention: auto, ids or wsss4luad.")] = "auto",
     backend: Annotated[str, typer.Option(help="Slide reader: auto, openslide, tiffslide, pillow.")] = "auto",
     site: Annotated[str, typer.Option(help="Site name stored with every tile.")] = "",
-    sites: Annotated[
-        Path | None, typer.Option(help="CSV with columns slide,site (e.g. a synth cohort.csv).")
-    ] = None,
+    sites: Annotated[Path | None, typer.Option(help="CSV with columns slide,site (e.g. a synth cohort.csv).")] = None,
     workers: Annotated[int, typer.Option(help="Reader processes per slide.")] = min(2, os.cpu_count() or 1),
     overwrite: Annotated[bool, typer.Option(help="Re-tile slides that are already done.")] = False,
 ) -> None:

@@ -70,9 +70,7 @@ def train(
                 highlight=False,
             )
 
-        result = run_training(
-            cfg, runs_root=runs, run_dir=resume, resume=resume is not None, on_epoch=on_epoch
-        )
+        result = run_training(cfg, runs_root=runs, run_dir=resume, resume=resume is not None, on_epoch=on_epoch)
     console.print(f"[green]done:[/] {result.run_dir}  best held-out Dice {result.best_dice:.4f}")
     console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}")
 

@@ -11,9 +11,7 @@ from wsiseg.errors import ConfigError
 __all__ = ["kfold_slides", "partition_clients", "split_slides"]
 
 
-def split_slides(
-    slides: Sequence[str], *, test_fraction: float = 0.3, seed: int = 0
-) -> tuple[list[str], list[str]]:
+def split_slides(slides: Sequence[str], *, test_fraction: float = 0.3, seed: int = 0) -> tuple[list[str], list[str]]:
     """Shuffle slides with ``seed`` and split them into train and test (paper: 0.7 / 0.3).
 
     With two or more slides both parts get at least one slide.
@@ -35,9 +33,7 @@ def split_slides(
     return train, test
 
 
-def kfold_slides(
-    slides: Sequence[str], *, folds: int = 5, seed: int = 0
-) -> list[tuple[list[str], list[str]]]:
+def kfold_slides(slides: Sequence[str], *, folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:
     """Return ``folds`` (train, test) pairs; every slide is in exactly one test fold.
 
     Raises:

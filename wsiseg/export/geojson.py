@@ -122,9 +122,7 @@ def _feature(
     }
 
 
-def _check_inputs(
-    labels: np.ndarray, classes: ClassTable, scale_to_level0: float, object_type: str
-) -> np.ndarray:
+def _check_inputs(labels: np.ndarray, classes: ClassTable, scale_to_level0: float, object_type: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2:
         msg = f"label mask must be 2-D (H, W), got shape {labels.shape}; pass one channel"

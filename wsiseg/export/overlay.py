@@ -63,9 +63,7 @@ def _draw_legend(image: Image.Image, classes: ClassTable, skip: set[int]) -> Non
     draw.rectangle([x0, y0, x0 + width, y0 + height], fill=(255, 255, 255), outline=(0, 0, 0))
     for i, c in enumerate(entries):
         top = y0 + _PAD + i * line
-        draw.rectangle(
-            [x0 + _PAD, top + 1, x0 + _PAD + line - 2, top + line - 1], fill=c.color, outline=(0, 0, 0)
-        )
+        draw.rectangle([x0 + _PAD, top + 1, x0 + _PAD + line - 2, top + line - 1], fill=c.color, outline=(0, 0, 0))
         draw.text((x0 + 2 * _PAD + line, top + 1), c.name, fill=(0, 0, 0), font=font)
 
 

@@ -97,9 +97,7 @@ def export_mask(  # noqa: PLR0913
     res = ExportResult()
     if thumb is None:
         thumb = np.full((*geo.labels.shape, 3), 255, dtype=np.uint8)
-    res.files.append(
-        write_overlay_png(out_dir / f"{stem}_overlay.png", thumb, geo.labels, classes, alpha=alpha)
-    )
+    res.files.append(write_overlay_png(out_dir / f"{stem}_overlay.png", thumb, geo.labels, classes, alpha=alpha))
     features = mask_to_features(geo.labels, classes=classes, scale_to_level0=geo_ds, mpp_level0=mpp_level0,
                                 min_area_um2=min_area, slide_name=stem, object_type=object_type)  # fmt: skip
     res.n_features = len(features)
@@ -110,9 +108,7 @@ def export_mask(  # noqa: PLR0913
     res.files.append(write_areas_csv(out_dir / f"{stem}_areas.csv", res.areas))
     if overlay_tiff:
         mpp_mask = mpp_level0 * ds0 if mpp_level0 else None
-        res.files.append(
-            write_overlay_pyramid_tiff(out_dir / f"{stem}_overlay.tif", base.labels, classes, mpp_mask)
-        )
+        res.files.append(write_overlay_pyramid_tiff(out_dir / f"{stem}_overlay.tif", base.labels, classes, mpp_mask))
     return res
 
 

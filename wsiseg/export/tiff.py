@@ -176,8 +176,7 @@ class MaskTiffWriter:
         n = rows.shape[0] if rows.ndim == 2 else -1
         if self._done or rows.dtype != np.uint8 or rows.shape[1:] != (self.width,):
             msg = (
-                f"{self.path}: expected open writer and uint8 rows of width {self.width}, "
-                f"got {rows.dtype} {rows.shape}"
+                f"{self.path}: expected open writer and uint8 rows of width {self.width}, got {rows.dtype} {rows.shape}"
             )
             raise DataError(msg)
         if row_start != self._next_row or row_start + n > self.height:
@@ -366,9 +365,7 @@ def open_prob_writers(
     return writers
 
 
-def _feed(
-    writers: Sequence[MaskTiffWriter], data: np.ndarray | Iterable[np.ndarray], split: bool
-) -> None:
+def _feed(writers: Sequence[MaskTiffWriter], data: np.ndarray | Iterable[np.ndarray], split: bool) -> None:
     """Write an array or row blocks to ``writers`` (``split``: channel c -> writer c); close."""
     blocks = _array_blocks(data) if isinstance(data, np.ndarray) else data
     try:

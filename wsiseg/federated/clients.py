@@ -84,9 +84,7 @@ class ClientResult:
 
 def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
     """Trainable parameters as float32 numpy arrays (copies)."""
-    return {
-        n: p.detach().cpu().float().numpy().copy() for n, p in model.named_parameters() if p.requires_grad
-    }
+    return {n: p.detach().cpu().float().numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def buffer_state(model: nn.Module) -> dict[str, np.ndarray]:
@@ -167,9 +165,7 @@ def local_update(
     model.load_state_dict(global_weights)
     before = trainable_state(model)
     n_classes = len(client.train.classes)
-    ds = TileDataset(
-        client.train, transform=PairTransform() if cfg.augment else None, seed=seed + 7919 * client_index
-    )
+    ds = TileDataset(client.train, transform=PairTransform() if cfg.augment else None, seed=seed + 7919 * client_index)
     ds.set_epoch(round_index)
     torch.manual_seed(int(np.random.SeedSequence([seed, round_index, client_index]).generate_state(1)[0]))
     gen = torch.Generator().manual_seed(seed * 100003 + round_index * 101 + client_index)

@@ -50,9 +50,7 @@ class FedAvg:
         update = fedavg([r.update for r in results], weights)
         buffers = _average_buffers(results, weights)
         norms = [global_l2_norm(r.update) for r in results]
-        return RoundAggregate(
-            update, buffers, {"update_norms": norms, "mean_update_norm": global_l2_norm(update)}
-        )
+        return RoundAggregate(update, buffers, {"update_norms": norms, "mean_update_norm": global_l2_norm(update)})
 
 
 class DpFedAvg(FedAvg):
@@ -107,9 +105,7 @@ class DpFedAvg(FedAvg):
             result.update, clip_norm=self.clip, noise_multiplier=self.noise_multiplier, rng=rng,
             scope=self.scope,  # type: ignore[arg-type]
         )  # fmt: skip
-        out = ClientResult(
-            result.name, noised, {}, result.n_examples, result.steps, result.loss, result.seconds
-        )
+        out = ClientResult(result.name, noised, {}, result.n_examples, result.steps, result.loss, result.seconds)
         out.pre_clip_norm = pre  # type: ignore[attr-defined]
         return out
 

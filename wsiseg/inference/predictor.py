@@ -20,7 +20,7 @@ from wsiseg.inference.reader import WindowDataset
 from wsiseg.inference.stitching import BandStitcher, RowSink, StitchGeometry, stitch_geometry
 from wsiseg.slide import Slide
 from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
-from wsiseg.tiling.tissue import tissue_fractions, tissue_mask
+from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
 
 __all__ = ["PredictPlan", "PredictSettings", "plan_prediction", "run_prediction"]
 
@@ -79,7 +79,7 @@ def plan_prediction(
     mpp = slide_mpp if slide_mpp is not None else (slide.mpp[0] if slide.mpp else None)
     window0, stride0 = window_level0(tiling, mpp)
     level, read = choose_level(slide.level_downsamples, window0, tiling.size)
-    thumb = slide.get_thumbnail(2048)
+    thumb = slide.get_thumbnail(TISSUE_THUMBNAIL)
     ds = slide.dimensions[0] / thumb.shape[1]
     grid = window_grid(slide.dimensions, window0, stride0)
     fractions = tissue_fractions(tissue_mask(thumb), ds, grid, window0)

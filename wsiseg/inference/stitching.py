@@ -74,9 +74,7 @@ class StitchGeometry:
         return math.floor(v0 * self.scale + 0.5)
 
 
-def stitch_geometry(
-    slide_width: int, slide_height: int, window0: int, stride0: int, out_size: int
-) -> StitchGeometry:
+def stitch_geometry(slide_width: int, slide_height: int, window0: int, stride0: int, out_size: int) -> StitchGeometry:
     """Compute the model-resolution mask geometry for a window grid.
 
     Args:
@@ -357,11 +355,7 @@ class BandStitcher:
         while row < end:  # rows no window reached (skipped grid rows)
             n = min(EMIT_ROWS, end - row)
             labels = np.full((n, self.width), self.unanalysed_value, dtype=np.uint8)
-            probs = (
-                np.zeros((n, self.width, self.num_classes), dtype=self.prob_dtype)
-                if self.emit_probs
-                else None
-            )
+            probs = np.zeros((n, self.width, self.num_classes), dtype=self.prob_dtype) if self.emit_probs else None
             self._sink(row, labels, probs)
             row += n
         self._top = max(self._top, new_top)

@@ -33,10 +33,7 @@ def gaussian_weights(size: int, sigma_scale: float = 0.125, floor: float = 1e-3)
         ConfigError: If ``size < 1``, ``sigma_scale <= 0`` or ``floor`` is outside ``(0, 1]``.
     """
     if int(size) != size or size < 1:
-        msg = (
-            f"window size must be a positive integer, got {size}; "
-            "pass the model output size (e.g. 224)"
-        )
+        msg = f"window size must be a positive integer, got {size}; pass the model output size (e.g. 224)"
         raise ConfigError(msg)
     if not sigma_scale > 0:
         msg = f"sigma_scale must be > 0, got {sigma_scale}; use 0.125 (the usual default)"

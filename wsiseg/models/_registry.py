@@ -82,9 +82,7 @@ def register_model(
 def list_models(pattern: str = "*", *, include_tiny: bool = True) -> list[str]:
     """Return the sorted registered names that match a glob ``pattern``."""
     _ensure_loaded()
-    return sorted(
-        n for n, e in _MODELS.items() if fnmatch.fnmatch(n, pattern) and (include_tiny or not e.tiny)
-    )
+    return sorted(n for n, e in _MODELS.items() if fnmatch.fnmatch(n, pattern) and (include_tiny or not e.tiny))
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -255,9 +255,7 @@ class Slide:
             "level_count": self.level_count,
             "levels": [
                 {"level": i, "dimensions": list(dims), "downsample": round(ds, 4)}
-                for i, (dims, ds) in enumerate(
-                    zip(self.level_dimensions, self.level_downsamples, strict=True)
-                )
+                for i, (dims, ds) in enumerate(zip(self.level_dimensions, self.level_downsamples, strict=True))
             ],
             "mpp": None if mpp is None else [round(mpp[0], 6), round(mpp[1], 6)],
             "objective_power": self.objective_power,

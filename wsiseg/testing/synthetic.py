@@ -67,9 +67,7 @@ def _reduce4(img: np.ndarray) -> np.ndarray:
     return ((acc + 8) >> 4).astype(np.uint8)
 
 
-def _level0_tiles(
-    scene: Scene, labels: np.ndarray, ds: int, tile: int, level1: np.ndarray
-) -> Iterator[np.ndarray]:
+def _level0_tiles(scene: Scene, labels: np.ndarray, ds: int, tile: int, level1: np.ndarray) -> Iterator[np.ndarray]:
     """Yield level-0 tiles in row-major order and fill ``level1`` (downsample 4) on the way."""
     for y0 in range(0, scene.height, tile):
         for x0 in range(0, scene.width, tile):
@@ -81,9 +79,7 @@ def _level0_tiles(
             yield rgb
 
 
-def _describe(
-    width: int, height: int, tail: str, *, head: str = "", size: tuple[int, int] | None = None
-) -> str:
+def _describe(width: int, height: int, tail: str, *, head: str = "", size: tuple[int, int] | None = None) -> str:
     """Aperio ImageDescription: level 0 (``head``) or a reduced image of ``size`` (w, h)."""
     if size is None:
         dims = f"{width}x{height} [0,0 {width}x{height}] {head}"

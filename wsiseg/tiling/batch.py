@@ -105,9 +105,7 @@ def find_label_file(slide: Path, masks_dir: Path | None) -> Path | None:
     if masks_dir is None:
         candidates = [slide.parent / f"{stem}_mask{ext}" for ext in LABEL_SUFFIXES]
     else:
-        candidates = [
-            masks_dir / f"{stem}{mark}{ext}" for mark in ("_mask", "_gt", "") for ext in LABEL_SUFFIXES
-        ]
+        candidates = [masks_dir / f"{stem}{mark}{ext}" for mark in ("_mask", "_gt", "") for ext in LABEL_SUFFIXES]
     return next((c for c in candidates if c.is_file() and c != slide), None)
 
 
@@ -211,9 +209,7 @@ def tile_many(
                                site=slide_site, workers=workers, progress=progress)  # fmt: skip
             outcomes.append(SlideOutcome(source, "tiled", entry, seconds=time.perf_counter() - start))
         except WsisegError as err:
-            outcomes.append(
-                SlideOutcome(source, "failed", error=str(err), seconds=time.perf_counter() - start)
-            )
+            outcomes.append(SlideOutcome(source, "failed", error=str(err), seconds=time.perf_counter() - start))
     _rewrite_manifest(out_dir, config, classes)
     return outcomes
 

@@ -165,9 +165,7 @@ def read_tiles_csv(path: Path) -> list[TileRecord]:
     return out
 
 
-def write_manifest(
-    root: Path, config: TilingConfig, classes: ClassTable, slides: list[SlideEntry]
-) -> Manifest:
+def write_manifest(root: Path, config: TilingConfig, classes: ClassTable, slides: list[SlideEntry]) -> Manifest:
     """Write ``manifest.json`` and the combined ``tiles.csv`` from the per-slide folders.
 
     Args:

@@ -13,7 +13,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["otsu_threshold", "tissue_fractions", "tissue_mask"]
+__all__ = ["TISSUE_THUMBNAIL", "otsu_threshold", "tissue_fractions", "tissue_mask"]
+
+#: Longest side of the thumbnail used for tissue detection (tiling and prediction use the same one).
+TISSUE_THUMBNAIL = 1024
 
 #: Saturation floor (0-255): below it nothing is tissue, even where Otsu picks less on a blank slide.
 MIN_SATURATION = 15

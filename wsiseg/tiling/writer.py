@@ -23,7 +23,7 @@ from wsiseg.errors import TilingError
 from wsiseg.slide import Slide, open_slide
 from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
 from wsiseg.tiling.manifest import SlideEntry, TileRecord, atomic_write_text, write_tiles_csv
-from wsiseg.tiling.tissue import tissue_fractions, tissue_mask
+from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
 
 __all__ = ["LabelSource", "crop_labels", "slide_id_for", "tile_slide"]
 
@@ -34,7 +34,6 @@ _KERNELS = {
     "lanczos": Image.Resampling.LANCZOS,
     "nearest": Image.Resampling.NEAREST,
 }
-THUMBNAIL_SIZE = 2048
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def tile_slide(
     window, stride = window_level0(config, mpp)
     level, read = choose_level(slide.level_downsamples, window, config.size)
     dims = slide.dimensions
-    thumb = slide.get_thumbnail(THUMBNAIL_SIZE)
+    thumb = slide.get_thumbnail(TISSUE_THUMBNAIL)
     ds = dims[0] / thumb.shape[1]
     tissue = tissue_mask(thumb)
     origins = window_grid(dims, window, stride)
@@ -179,9 +178,7 @@ def tile_slide(
     keep = [(x, y, float(f)) for (x, y), f in zip(origins, fracs, strict=True) if f >= config.min_tissue]
     note = ""
     if dims[0] < window or dims[1] < window:
-        note = (
-            f"image {dims[0]}x{dims[1]} is smaller than the {window} px window: padded with white background"
-        )
+        note = f"image {dims[0]}x{dims[1]} is smaller than the {window} px window: padded with white background"
     if not keep:
         msg = (
             f"{source}: no window has at least {config.min_tissue:.0%} tissue "
@@ -240,9 +237,7 @@ def _run_chunks(
         return records
     slide.close()  # each worker opens its own handle lazily
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(
-        workers, initializer=_init_worker, initargs=(slide, labels, job)
-    ) as pool:
+    with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(slide, labels, job)) as pool:
         for part in pool.imap(_tile_chunk, chunks):
             records.extend(part)
             if progress:

@@ -105,9 +105,7 @@ def save_checkpoint(
     weights_path, card_path, state_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     full = {"format": CARD_FORMAT, "version": 1, "versions": package_versions(), **card}
-    pending = [
-        (_atomic_save(_tensors(model.state_dict()), weights_path, {"format": CARD_FORMAT}), weights_path)
-    ]
+    pending = [(_atomic_save(_tensors(model.state_dict()), weights_path, {"format": CARD_FORMAT}), weights_path)]
     if state is not None:
         pending.append((_atomic_save(_tensors(state), state_path), state_path))
     tmp_card = card_path.with_name(f".{card_path.name}.tmp{os.getpid()}")
@@ -135,9 +133,7 @@ def load_checkpoint(path: str | Path, *, with_state: bool = False) -> Checkpoint
     """
     weights_path, card_path, state_path = checkpoint_paths(path)
     if not card_path.is_file() or not weights_path.is_file():
-        msg = (
-            f"{card_path.with_suffix('')}: checkpoint not found (need .safetensors and .json); check --model"
-        )
+        msg = f"{card_path.with_suffix('')}: checkpoint not found (need .safetensors and .json); check --model"
         raise CheckpointError(msg)
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))

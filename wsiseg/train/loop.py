@@ -56,9 +56,7 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_loss(
-    model: nn.Module, num_classes: int, *, ce_weight: float = 0.5, dice_weight: float = 0.5
-) -> SegLoss:
+def make_loss(model: nn.Module, num_classes: int, *, ce_weight: float = 0.5, dice_weight: float = 0.5) -> SegLoss:
     """The CE + Dice loss with the model's deep-supervision weights when it has them."""
     weights = getattr(model, "deep_supervision_weights", None)
     return SegLoss(num_classes, ce_weight=ce_weight, dice_weight=dice_weight, output_weights=weights)

@@ -137,9 +137,7 @@ class SegLoss(nn.Module):
             msg = f"num_classes must be >= 2, got {num_classes}"
             raise ValueError(msg)
         if output_weights is not None and (
-            not output_weights
-            or any(i < 0 for i in output_weights)
-            or any(w < 0 for w in output_weights.values())
+            not output_weights or any(i < 0 for i in output_weights) or any(w < 0 for w in output_weights.values())
         ):
             msg = f"output_weights must map output indices >= 0 to weights >= 0, got {dict(output_weights)}"
             raise ValueError(msg)
@@ -153,9 +151,7 @@ class SegLoss(nn.Module):
 
     def _single(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if logits.shape[1] != self.num_classes:
-            msg = (
-                f"model output has {logits.shape[1]} channels but the loss expects {self.num_classes} classes"
-            )
+            msg = f"model output has {logits.shape[1]} channels but the loss expects {self.num_classes} classes"
             raise ValueError(msg)
         if logits.shape[:1] + logits.shape[2:] != target.shape:
             msg = f"target shape {tuple(target.shape)} does not fit output {tuple(logits.shape)} (want N,H,W)"
@@ -188,8 +184,6 @@ class SegLoss(nn.Module):
         logged = {"loss": total.detach(), "ce": ce_sum, "dice": dice_sum}
         if not isinstance(outputs, torch.Tensor):
             logged.update(per_output)
-        values = torch.stack(
-            [v.float() for v in logged.values()]
-        ).tolist()  # one device sync for all components
+        values = torch.stack([v.float() for v in logged.values()]).tolist()  # one device sync for all components
         self.last_components = dict(zip(logged, values, strict=True))
         return total

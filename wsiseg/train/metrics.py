@@ -77,9 +77,7 @@ def _check_range(values: np.ndarray, num_classes: int, what: str) -> None:
     raise LabelRangeError(msg)
 
 
-def _iter_chunks(
-    pred: np.ndarray, target: np.ndarray, chunk_pixels: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _iter_chunks(pred: np.ndarray, target: np.ndarray, chunk_pixels: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield flat ``(pred, target)`` chunks of about ``chunk_pixels`` pixels without copying whole masks."""
     if pred.ndim <= 1 or (pred.flags.c_contiguous and target.flags.c_contiguous):
         flat_p, flat_t = pred.reshape(-1), target.reshape(-1)
@@ -340,9 +338,7 @@ class MetricReport:
         cmm = self.confusion_metrics
         rows = []
         for i, name in enumerate(self.class_names):
-            paper = {
-                f"paper_{k}": float(v[i - 1]) if i else float("nan") for k, v in self.paper_per_class.items()
-            }
+            paper = {f"paper_{k}": float(v[i - 1]) if i else float("nan") for k, v in self.paper_per_class.items()}
             plain = {k: float(cmm[k][i]) for k in ("dice", "iou", "precision", "recall")}
             rows.append({"class": name, **paper, **plain, "support": int(cmm["support"][i])})
         paper_mean = {f"paper_{k}": v for k, v in self.paper.items()}
@@ -376,9 +372,7 @@ class MetricAccumulator:
     ) -> None:
         if class_names is None:
             default = DEFAULT_CLASSES.names
-            class_names = (
-                default if len(default) == num_classes else [f"class_{i}" for i in range(num_classes)]
-            )
+            class_names = default if len(default) == num_classes else [f"class_{i}" for i in range(num_classes)]
         if num_classes < 1 or len(class_names) != num_classes:
             msg = f"need num_classes >= 1 and one name per class, got {num_classes} and {list(class_names)}"
             raise ValueError(msg)

@@ -172,9 +172,7 @@ def run_training(
     train_ds, test_loader = make_loaders(source.subset(train_ids), source.subset(test_ids), cfg, device)
     assert train_ds is not None  # noqa: S101
     torch.manual_seed(cfg.seed)
-    model = create_model(
-        cfg.model, num_classes=len(source.classes), pretrained=cfg.pretrained, **cfg.model_args
-    )
+    model = create_model(cfg.model, num_classes=len(source.classes), pretrained=cfg.pretrained, **cfg.model_args)
     model.to(device)
     if cfg.channels_last and device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)

@@ -63,7 +63,7 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     from wsiseg.federated.config import FedConfig  # noqa: PLC0415
     from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply  # noqa: PLC0415
     from wsiseg.federated.flower.site import load_site  # noqa: PLC0415
-    from wsiseg.federated.rounds import _local_cfg  # noqa: PLC0415
+    from wsiseg.federated.rounds import local_training  # noqa: PLC0415
     from wsiseg.models import create_model  # noqa: PLC0415
 
     conf = content.config_records["config"]
@@ -83,7 +83,7 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     glob = {k: torch.from_numpy(v.copy()).to(device) for k, v in arrays.items()}
     t0 = time.perf_counter()
 
-    res = local_update(model, glob, client, _local_cfg(cfg, device), round_index=rnd, total_rounds=cfg.rounds,
+    res = local_update(model, glob, client, local_training(cfg, device), round_index=rnd, total_rounds=cfg.rounds,
                        seed=seed, client_index=index)  # fmt: skip
     released = _release(cfg, sigma, res, Path(str(node["state-dir"])), str(conf["run-key"]), rnd, index)
     log.info("site %s round %d: %d steps, loss %.4f, pre-clip norm %.4g, %.1f s (kept at the site)",

@@ -25,20 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import ConfigError, WsisegError
-from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.flower.messages import numpy_to_arrays, reply_to_result
-from wsiseg.federated.rounds import _aggregate, _calibrate, _Logs, _rng_state, _sample, _set_rng_state
-from wsiseg.federated.strategies import DpFedAvg, FedAvg
-from wsiseg.models import create_model
-from wsiseg.privacy.accounting import PrivacyLedger
-from wsiseg.privacy.noise import make_generator
-from wsiseg.train.checkpoint import load_checkpoint, save_checkpoint
+from wsiseg.federated.server import RunLogs, ServerState, aggregate_round, calibrate_sigma, sample_clients
+from wsiseg.federated.strategies import FedAvg
+from wsiseg.train.checkpoint import save_checkpoint
 from wsiseg.train.runlog import CsvLog, write_config
 
 __all__ = ["ServerSpec", "serve"]
@@ -63,49 +58,13 @@ class ServerSpec:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-class _Server:
-    """State of the server side: global model, generators, ledger (the server half of ``_Run``)."""
+class _Server(ServerState):
+    """The server state of a multi-site run: sites instead of local clients."""
 
     def __init__(self, spec: ServerSpec, classes: ClassTable, tiling: dict[str, Any]) -> None:
         cfg = FedConfig.from_dict(spec.fed_config)
-        self.cfg, self.spec, self.run_dir, self.device = cfg, spec, Path(spec.run_dir), "cpu"
-        self.clients = list(spec.sites)  # len() is all _sample needs
-        self.classes, self.tiling = classes, tiling
-        self.model_args = dict(cfg.model_args)
-        if cfg.dp != "none" and "norm" not in self.model_args:
-            self.model_args["norm"] = "groupnorm"
-        torch.manual_seed(cfg.train_seed)
-        self.model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **self.model_args)
-        self.global_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.sample_rng = np.random.default_rng(np.random.SeedSequence([cfg.train_seed, 17]))
-        self.noise_rng, self.noise_seed_info = make_generator(cfg.seed)
-        self.ledger = PrivacyLedger(delta=cfg.delta) if cfg.dp != "none" else None
-        self.sigma = cfg.sigma
-        self.start_round = 1
-
-    @property
-    def sample_rate(self) -> float:
-        """As in the simulation: Poisson rate in central mode, 1 in local mode."""
-        return self.cfg.fraction if self.cfg.dp == "central" else 1.0
-
-    def strategy(self) -> FedAvg:
-        if self.cfg.dp == "none":
-            return FedAvg()
-        return DpFedAvg(self.cfg.dp, clip=self.cfg.clip, noise_multiplier=self.sigma, rng=self.noise_rng,
-                        scope=self.cfg.clip_scope)  # fmt: skip
-
-    def privacy_summary(self) -> dict[str, Any]:
-        if self.ledger is None:
-            return {"dp": "none", "epsilon": None, "note": "no differential privacy"}
-        eps = self.ledger.epsilon() if self.ledger.entries else 0.0
-        return {
-            "dp": self.cfg.dp, "noise_multiplier": self.sigma, "clip": self.cfg.clip, "delta": self.cfg.delta,
-            "sample_rate": self.sample_rate, "rounds_released": len(self.ledger.entries), "epsilon": eps,
-            "epsilon_rdp": self.ledger.epsilon(method="rdp") if self.ledger.entries else 0.0,
-            "accountant": "dp_accounting PLD (headline), RDP (cross-check); client-level, add/remove one client",
-            "unit": "one client (all of its slides)", "noise_seed": self.noise_seed_info,
-            "ledger": self.ledger.state_dict(),
-        }  # fmt: skip
+        super().__init__(cfg, Path(spec.run_dir), "cpu", classes, tiling, len(spec.sites))
+        self.spec = spec
 
     def card(self, rnd: int) -> dict[str, Any]:
         return {
@@ -115,23 +74,6 @@ class _Server:
             "privacy": self.privacy_summary(), "round": rnd, "metrics": {},
             "federation": {"engine": "flower", "sites": self.spec.sites, "min_clients": self.spec.min_clients},
         }  # fmt: skip
-
-    def resume_state(self) -> dict[str, Any]:
-        """Server-private (holds the central noise generator): never share ``checkpoints/last``."""
-        return {"sample_rng": _rng_state(self.sample_rng), "noise_rng": _rng_state(self.noise_rng),
-                "client_rngs": [], "sigma": self.sigma}  # fmt: skip
-
-    def restore(self) -> None:
-        ckpt = load_checkpoint(self.run_dir / "checkpoints" / "last")
-        self.model.load_state_dict(ckpt.weights)
-        self.global_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        res = ckpt.card["resume"]
-        _set_rng_state(self.sample_rng, res["sample_rng"])
-        _set_rng_state(self.noise_rng, res["noise_rng"])
-        self.sigma = float(res["sigma"])
-        if self.ledger is not None:
-            self.ledger.load_state_dict(ckpt.card["privacy"]["ledger"])
-        self.start_round = int(ckpt.card["round"]) + 1
 
 
 class _Sites:
@@ -206,20 +148,18 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
     if spec.resume:
         srv.restore()
     else:
-        _calibrate(srv)
+        calibrate_sigma(srv)
         write_config(srv.run_dir, {**srv.cfg.to_dict(), "resolved_sigma": srv.sigma,
                                    "noise_seed": srv.noise_seed_info})  # fmt: skip
-    logs = _Logs(srv.run_dir, srv.start_round - 1)
+    logs = RunLogs(srv.run_dir, srv.start_round - 1)
     flog = CsvLog(srv.run_dir / "flower_rounds.csv", keep_until=("round", float(srv.start_round - 1)))
     strategy = srv.strategy()
-    expected = max(1e-9, srv.cfg.fraction * len(spec.sites))
     for rnd in range(srv.start_round, srv.cfg.rounds + 1):
-        if srv.ledger is not None and srv.cfg.target_epsilon is not None:
-            projected = srv.ledger.projected_epsilon(noise_multiplier=srv.sigma, sample_rate=srv.sample_rate)
-            if projected > srv.cfg.target_epsilon * (1 + 1e-9):
-                log(f"stopped before round {rnd}: epsilon would reach {projected:.3f} > {srv.cfg.target_epsilon}")
-                break
-        _one_round(srv, sites, strategy, rnd, expected, logs, flog, log)
+        stopped = srv.budget_stop(rnd)
+        if stopped:
+            log(stopped)
+            break
+        _one_round(srv, sites, strategy, rnd, logs, flog, log)
     save_checkpoint(srv.run_dir / "checkpoints" / "final", srv.model, srv.card(srv.cfg.rounds))
     (srv.run_dir / "metrics.json").write_text("{}", encoding="utf-8")
     logs.plots()
@@ -280,28 +220,17 @@ def _collect(srv: _Server, sites: _Sites, picked: list[int], rnd: int, log: Any)
     raise WsisegError(msg)
 
 
-def _one_round(srv: _Server, sites: _Sites, strategy: FedAvg, rnd: int, expected: float, logs: _Logs,
-               flog: CsvLog, log: Any) -> float | None:  # fmt: skip
+def _one_round(srv: _Server, sites: _Sites, strategy: FedAvg, rnd: int, logs: RunLogs, flog: CsvLog,
+               log: Any) -> float | None:  # fmt: skip
     t0 = time.perf_counter()
-    picked = _sample(srv, srv.cfg.fraction)
+    picked = sample_clients(srv)
     got = _collect(srv, sites, picked, rnd, log) if picked else []
     results = [res for _, res in got]
     t_train = time.perf_counter() - t0
-    agg = _aggregate(strategy, results, expected, srv)
-    names = [n for n, p in srv.model.named_parameters() if p.requires_grad]
-    base = {n: srv.global_weights[n].detach().cpu().float().numpy() for n in names}
-    new = apply_update(base, agg.update) if agg.update else base
-    state = {k: v.clone() for k, v in srv.global_weights.items()}
-    for n, arr in [*new.items(), *agg.buffers.items()]:
-        state[n] = torch.from_numpy(np.ascontiguousarray(arr)).to(state[n].dtype)
-    srv.model.load_state_dict(state)
-    srv.global_weights = {k: v.detach().clone() for k, v in srv.model.state_dict().items()}
+    agg = aggregate_round(strategy, results, srv)
+    srv.apply(agg)
     t_dp = time.perf_counter() - t0 - t_train
-    eps = None
-    if srv.ledger is not None:
-        entry = srv.ledger.record_round(round=rnd, noise_multiplier=srv.sigma, sample_rate=srv.sample_rate,
-                                        clip=srv.cfg.clip, n_clients_released=len(results))  # fmt: skip
-        eps = entry.epsilon_pld
+    eps = srv.record(rnd, len(results))
     loss = float(np.nanmean([r.loss for r in results])) if results and srv.cfg.dp == "none" else math.nan
     logs.write(rnd, srv, results, agg.stats, loss, None, eps, {}, t_train, t_dp)  # type: ignore[arg-type]
     answered = [srv.spec.sites[i] for i, _ in got]
