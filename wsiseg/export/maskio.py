@@ -72,9 +72,17 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        tmp.chmod(_default_mode())  # mkstemp makes 0600; outputs get the usual umask-based mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _default_mode() -> int:
+    """``0o666`` minus the process umask (what ``open(path, "w")`` would give)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _page_mpp(page: tifffile.TiffPage) -> float | None:
