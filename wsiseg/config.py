@@ -15,7 +15,7 @@ from typing import Any
 
 from wsiseg.errors import ConfigError
 
-__all__ = ["load_toml", "package_versions", "resolve_device", "to_toml"]
+__all__ = ["checked_kwargs", "load_toml", "package_versions", "resolve_device", "to_toml"]
 
 
 def _value(v: Any) -> str:
@@ -97,3 +97,19 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def checked_kwargs(cls: type, data: dict[str, Any], what: str, tuples: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Keyword arguments for dataclass ``cls`` from ``data``: unknown keys are an error, list fields become tuples.
+
+    Raises:
+        ConfigError: Unknown keys (the message names them and the known ones).
+    """
+    import dataclasses  # noqa: PLC0415
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        msg = f"unknown {what} settings {unknown}; known: {sorted(names)}"
+        raise ConfigError(msg)
+    return {k: tuple(v) if k in tuples else v for k, v in data.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -18,7 +19,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-__all__ = ["RateColumn", "console", "make_progress", "stdout"]
+__all__ = ["RateColumn", "console", "given", "make_progress", "stdout"]
 
 
 class RateColumn(ProgressColumn):
@@ -60,3 +61,10 @@ def make_progress(unit: str = "it") -> Progress:
         console=console,
         transient=False,
     )
+
+
+def given(ctx: Any, name: str) -> bool:
+    """True when the user set option ``name`` on the command line (not left at its default)."""
+    from click.core import ParameterSource  # noqa: PLC0415
+
+    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)

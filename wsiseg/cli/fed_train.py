@@ -54,7 +54,7 @@ def fed_train(  # noqa: PLR0913
     dry_run: Annotated[bool, typer.Option(help="Print the privacy plan and exit without training.")] = False,
 ) -> None:
     """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits."""
-    from wsiseg.cli._console import console
+    from wsiseg.cli._console import console, given
     from wsiseg.config import load_toml
     from wsiseg.federated.config import FedConfig
     from wsiseg.federated.rounds import run_federated
@@ -77,7 +77,7 @@ def fed_train(  # noqa: PLR0913
             "clip_scope": clip_scope, "delta": delta, "target_epsilon": target_epsilon, "seed": seed,
             "eval_every": eval_every, "workers": workers, "device": device,
         }  # fmt: skip
-        explicit = {k: v for k, v in flags.items() if _given(ctx, k)}
+        explicit = {k: v for k, v in flags.items() if given(ctx, k)}
         if model_args:
             explicit["model_args"] = {**base.get("model_args", {}), **model_args}
         cfg = FedConfig.from_dict({**base, **explicit})
@@ -88,12 +88,6 @@ def fed_train(  # noqa: PLR0913
     result = run_federated(cfg, runs_root=runs, resume_dir=resume, on_round=_printer(cfg))
     _finish(result, cfg)
     console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False)
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    from click.core import ParameterSource
-
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
 
 def _print_plan(cfg: Any, *, brief: bool = False) -> None:

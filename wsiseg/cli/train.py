@@ -35,7 +35,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Run folder to continue.")] = None,
 ) -> None:
     """Train one model on tiles (default ./tiles), evaluating on held-out slides after each epoch."""
-    from wsiseg.cli._console import console, make_progress
+    from wsiseg.cli._console import console, given, make_progress
     from wsiseg.config import load_toml
     from wsiseg.train.trainer import TrainConfig, load_run_config, run_training
 
@@ -54,7 +54,7 @@ def train(
             "lr": lr, "augment": augment, "test_fraction": test_fraction, "folds": folds, "fold": fold,
             "seed": seed, "workers": workers, "device": device, "max_steps_per_epoch": max_steps_per_epoch,
         }  # fmt: skip
-        explicit = {k: v for k, v in flags.items() if _given(ctx, k)}
+        explicit = {k: v for k, v in flags.items() if given(ctx, k)}
         if model_args:
             explicit["model_args"] = {**base.get("model_args", {}), **model_args}
         cfg = TrainConfig.from_dict({**base, **explicit})
@@ -73,10 +73,3 @@ def train(
         result = run_training(cfg, runs_root=runs, run_dir=resume, resume=resume is not None, on_epoch=on_epoch)
     console.print(f"[green]done:[/] {result.run_dir}  best held-out Dice {result.best_dice:.4f}")
     console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}")
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """True when the user set option ``name`` on the command line (not its default)."""
-    from click.core import ParameterSource
-
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)

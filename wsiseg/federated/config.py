@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from wsiseg.config import checked_kwargs
 from wsiseg.errors import ConfigError
 
 __all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "FedConfig"]
@@ -97,13 +98,4 @@ class FedConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FedConfig:
         """Build from a dict; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            msg = f"unknown fed-train settings {unknown}"
-            raise ConfigError(msg)
-        kw = dict(data)
-        for key in ("data", "client_dirs"):
-            if key in kw:
-                kw[key] = tuple(kw[key])
-        return cls(**kw)
+        return cls(**checked_kwargs(cls, data, "fed-train", ("data", "client_dirs")))

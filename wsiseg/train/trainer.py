@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from wsiseg.config import load_toml, resolve_device
+from wsiseg.config import checked_kwargs, load_toml, resolve_device
 from wsiseg.data.dataset import TileDataset, TileSource, load_sources
 from wsiseg.data.partition import kfold_slides, split_slides
 from wsiseg.data.transforms import PairTransform
@@ -80,15 +80,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict (unknown keys are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            msg = f"unknown training settings {unknown}; known: {sorted(names)}"
-            raise ConfigError(msg)
-        kwargs = dict(data)
-        if "data" in kwargs:
-            kwargs["data"] = tuple(kwargs["data"])
-        return cls(**kwargs)
+        return cls(**checked_kwargs(cls, data, "training", ("data",)))
 
 
 @dataclass
