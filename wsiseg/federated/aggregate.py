@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from wsiseg.errors import ModelError, PrivacyError
-from wsiseg.privacy.clipping import ClipInfo, ClipScope, clip_update, global_l2_norm
+from wsiseg.privacy.clipping import ClipInfo, ClipScope, clip_update, global_l2_norm, model_clip_factor
 from wsiseg.privacy.noise import gaussian_noise_like, noise_std_sum
 
 __all__ = [
@@ -160,15 +160,20 @@ def dp_fedavg_central(
     if not (math.isfinite(denom) and denom > 0):
         msg = f"DP-FedAvg denominator must be positive, got {denominator!r}"
         raise PrivacyError(msg)
-    pairs = [clip_update(u, clip_norm, scope=scope) for u in updates]
-    clipped = [c for c, _ in pairs]
-    infos = [i for _, i in pairs]
-    clipped_mean = _weighted_sum(clipped, [1.0 / denom] * len(clipped))
+    if scope == "model":  # fold the clip factors into one weighted sum: no clipped copies of the updates
+        factors, infos = zip(*(model_clip_factor(u, clip_norm) for u in updates), strict=True)
+        clipped_mean = _weighted_sum(updates, [f / denom for f in factors])
+    else:
+        pairs = [clip_update(u, clip_norm, scope=scope) for u in updates]
+        infos = tuple(i for _, i in pairs)
+        clipped_mean = _weighted_sum([c for c, _ in pairs], [1.0 / denom] * len(pairs))
     std_sum = noise_std_sum(noise_multiplier, clip_norm)
     std_mean = std_sum / denom
     noise = gaussian_noise_like(clipped_mean, std_mean, rng)
-    mean_update = {k: (v + noise[k]).astype(v.dtype) for k, v in clipped_mean.items()}
     signal, noise_norm = global_l2_norm(clipped_mean), global_l2_norm(noise)
+    mean_update = clipped_mean
+    for k, v in mean_update.items():
+        v += noise[k].astype(v.dtype, copy=False)  # in place: _weighted_sum returned fresh arrays
     stats = CentralDpStats(
         n_clients=len(updates),
         denominator=denom,

@@ -26,7 +26,7 @@ import numpy as np
 
 from wsiseg.errors import PrivacyError
 
-__all__ = ["ClipInfo", "ClipScope", "Update", "clip_update", "global_l2_norm"]
+__all__ = ["ClipInfo", "ClipScope", "Update", "clip_update", "global_l2_norm", "model_clip_factor"]
 
 Update = dict[str, np.ndarray]
 ClipScope = Literal["model", "layer"]
@@ -85,6 +85,37 @@ def _scaled(x: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
+def _validated_norm(update: Update, clip_norm: float) -> float:
+    """Check ``clip_norm`` and the update (non-empty, floating, finite); return its global L2 norm."""
+    _check_clip_norm(clip_norm)
+    if not update:
+        msg = "cannot clip an empty model update; the client returned no trainable parameters"
+        raise PrivacyError(msg)
+    for name, tensor in update.items():
+        if not np.issubdtype(np.asarray(tensor).dtype, np.floating):
+            msg = f"update tensor {name!r} has dtype {np.asarray(tensor).dtype}; send float parameters only"
+            raise PrivacyError(msg)
+    pre = global_l2_norm(update)
+    if not math.isfinite(pre):
+        msg = "model update contains NaN or inf; the client's local training diverged, lower its lr"
+        raise PrivacyError(msg)
+    return pre
+
+
+def model_clip_factor(update: Update, clip_norm: float) -> tuple[float, ClipInfo]:
+    """Whole-model clipping as a factor: ``min(1, C / ||Δ||)``, without copying the update.
+
+    Lets an aggregator fold the factor into its weighted sum (``sum_i f_i Δ_i``) instead of materialising clipped
+    copies of every update.
+
+    Raises:
+        PrivacyError: As :func:`clip_update`.
+    """
+    pre = _validated_norm(update, clip_norm)
+    factor = min(1.0, clip_norm / pre) if pre > 0 else 1.0
+    return factor, ClipInfo(pre_clip_norm=pre, post_clip_norm=pre * factor, clipped=factor < 1.0, scope="model")
+
+
 def clip_update(update: Update, clip_norm: float, *, scope: ClipScope = "model") -> tuple[Update, ClipInfo]:
     """Clip an update to L2 norm at most ``clip_norm`` (FedDP eq. 11).
 
@@ -102,18 +133,7 @@ def clip_update(update: Update, clip_norm: float, *, scope: ClipScope = "model")
         PrivacyError: If ``clip_norm`` is not positive, the update is empty, has non-floating or
             non-finite values, or ``scope`` is unknown.
     """
-    _check_clip_norm(clip_norm)
-    if not update:
-        msg = "cannot clip an empty model update; the client returned no trainable parameters"
-        raise PrivacyError(msg)
-    for name, tensor in update.items():
-        if not np.issubdtype(np.asarray(tensor).dtype, np.floating):
-            msg = f"update tensor {name!r} has dtype {np.asarray(tensor).dtype}; send float parameters only"
-            raise PrivacyError(msg)
-    pre = global_l2_norm(update)
-    if not math.isfinite(pre):
-        msg = "model update contains NaN or inf; the client's local training diverged, lower its lr"
-        raise PrivacyError(msg)
+    pre = _validated_norm(update, clip_norm)
     if scope == "model":
         factor = min(1.0, clip_norm / pre) if pre > 0 else 1.0
         clipped = {k: _scaled(v, factor) for k, v in update.items()}
