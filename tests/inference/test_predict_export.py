@@ -12,6 +12,7 @@ import numpy as np
 import openslide
 import pytest
 import shapely
+import tifffile
 import tiffslide
 from PIL import Image
 from shapely.geometry import shape
@@ -136,3 +137,23 @@ def test_real_slides_predict_and_export(trained_run: Path, tmp_path: Path) -> No
         assert res.exit_code == 0, res.output
         fc = json.loads((tmp_path / "exp" / f"{name}.geojson").read_text())
         assert all(shapely.is_valid(shape(f["geometry"])) for f in fc["features"])
+
+
+def test_probs_and_ome(trained_run: Path, cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s.ome.tif"
+    args = ["predict", str(cohort / "slide_002.svs"), "--out", str(out), "--model",
+            str(trained_run / "checkpoints" / "final"), "--workers", "0", "--probs", "--ome"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    ts = tiffslide.TiffSlide(str(out))
+    assert ts.level_count >= 1
+    labels = np.asarray(ts.read_region((0, 0), 0, ts.dimensions, as_array=True))[..., 0]
+    names = ["background", "tumor", "stroma", "normal"]
+    probs = [tifffile.imread(tmp_path / f"s.ome_prob_{n}.tif") for n in names]
+    assert len(probs) == 4
+    stack = np.stack([np.asarray(p, dtype=np.int32) for p in probs])
+    covered = stack.sum(axis=0) > 0
+    # probabilities of each pixel sum to ~255 and their argmax is the label
+    assert np.abs(stack.sum(axis=0)[covered] - 255).max() <= 4
+    agree = (stack.argmax(axis=0) == labels)[covered].mean()
+    assert agree > 0.98
