@@ -69,7 +69,8 @@ def _weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def _federate(root: Path, certs: Path, cfg: FedConfig, tag: str, *, min_clients: int, round_timeout: float,
-              extra: list[str] = (), on_started: Any = None) -> tuple[int, Path, dict[str, Any]]:  # fmt: skip
+              extra: list[str] = (), on_started: Any = None, resume: bool = False,
+              sites: list[str] = SITES) -> tuple[int, Path, dict[str, Any]]:  # fmt: skip
     """Run the server in this process (it spawns SuperLink and flwr run) and one SuperNode per site."""
     from wsiseg.federated.flower import launch
     from wsiseg.federated.flower.federation import SiteOptions, run_server, start_site
@@ -78,7 +79,7 @@ def _federate(root: Path, certs: Path, cfg: FedConfig, tag: str, *, min_clients:
     work = root / tag
     port = launch.free_port()
     spec = ServerSpec(fed_config=cfg.to_dict(), sites=SITES, run_dir=str(work / "run"), min_clients=min_clients,
-                      round_timeout=round_timeout, wait_timeout=120, round_retries=0)  # fmt: skip
+                      round_timeout=round_timeout, wait_timeout=120, round_retries=0, resume=resume)  # fmt: skip
     procs: dict[str, Any] = {}
 
     def site(name: str, data: str) -> Any:
@@ -88,7 +89,7 @@ def _federate(root: Path, certs: Path, cfg: FedConfig, tag: str, *, min_clients:
                                       port=launch.free_port(), device="cpu", threads=1))  # fmt: skip
 
     def ready() -> None:
-        for s in SITES:
+        for s in sites:
             procs[s] = site(s, s)
         for name in extra:  # same CA, key never registered, claims to be site0
             procs[name] = site(name, "site0")
@@ -261,3 +262,48 @@ def test_cli_requires_tls_or_loopback(tmp_path: Path) -> None:
     _refused(res, "loopback")
     res = CliRunner().invoke(client, ["--data", str(tmp_path), "--server", "10.0.0.5:9092"])
     _refused(res, "--certs")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1200)
+def test_flower_resume_after_a_short_round_with_the_site_back(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that stays short stops the server; the site comes back, --resume completes the run, and the
+    final model equals the uninterrupted simulation's (the resent round replays the same noise)."""
+    from wsiseg.federated.flower import launch
+    from wsiseg.federated.rounds import run_federated
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = _cfg(cohort)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sim = run_federated(cfg, runs_root=tmp_path / "sim")
+    finally:
+        torch.set_num_threads(threads)
+    certs = _certs(tmp_path / "certs", SITES)
+
+    def kill_after_round_one(procs: dict[str, Any], run_dir: Path) -> None:
+        def watch() -> None:
+            log = run_dir / "flower_rounds.csv"
+            end = time.monotonic() + 400
+            while time.monotonic() < end:
+                if log.is_file() and len(log.read_text().splitlines()) >= 2:
+                    launch.stop(procs["site2"])
+                    return
+                time.sleep(0.2)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    code, work, _ = _federate(cohort, certs, cfg, "resume", min_clients=3, round_timeout=45,
+                              on_started=kill_after_round_one)  # fmt: skip
+    assert code != 0  # round 2 could not reach --min-clients 3
+    assert not (work / "run" / "checkpoints" / "final.json").exists()
+    code, work, _ = _federate(cohort, certs, cfg, "resume", min_clients=3, round_timeout=240, resume=True)
+    assert code == 0, (work / "run" / "flower" / "flwr-run.log").read_text(errors="replace")[-3000:]
+    fl_w, fl_card = _weights(work / "run")
+    sim_w, _ = _weights(sim.run_dir)
+    diff = max(float((fl_w[k].float() - sim_w[k].float()).abs().max()) for k in sim_w)
+    assert diff <= 1e-6, f"resumed Flower run and simulation differ by {diff}"
+    assert [e["n_clients_released"] for e in fl_card["privacy"]["ledger"]["entries"]] == [3, 3]

@@ -91,6 +91,7 @@ def run_server(  # noqa: PLR0913
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
     launch.write_connection(work / "flwr-home", f"{connect_host}:{port}", tls)
     app_dir = launch.write_app_dir(work / "app", spec_path)
+    _retire_superlink_state(work)
     h = handle if handle is not None else ServerHandle()
     try:
         h.superlink = launch.start_superlink(host, port, tls, state_dir=work, env=env, auth=bool(keys))
@@ -115,6 +116,23 @@ def run_server(  # noqa: PLR0913
         say(f"the ServerApp failed; see {work / 'flwr-run.log'}")
         return 1
     return int(code)
+
+
+def _retire_superlink_state(work: Path) -> None:
+    """Move a previous SuperLink database aside before a (resumed) launch.
+
+    The SuperLink's database only holds Flower's own bookkeeping (nodes, runs); wsiseg's state lives in
+    ``checkpoints/last``. A reused database still lists the previous launch's SuperNodes as active, and Flower
+    then refuses to activate those same keys again, so every launch starts with a fresh one.
+    """
+    old = sorted(work.glob("superlink.db*"))
+    if not old:
+        return
+    n = len(list(work.glob("previous-*"))) + 1
+    dest = work / f"previous-{n}"
+    dest.mkdir()
+    for path in old:
+        path.rename(dest / path.name)
 
 
 @dataclass(frozen=True)
