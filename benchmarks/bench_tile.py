@@ -42,8 +42,8 @@ from wsiseg.slide import Slide, open_slide
 from wsiseg.testing.synthetic import make_slide
 from wsiseg.tiling import TilingConfig, choose_level, window_grid
 from wsiseg.tiling.batch import load_labels
-from wsiseg.tiling.tissue import tissue_fractions, tissue_mask
-from wsiseg.tiling.writer import THUMBNAIL_SIZE, tile_slide
+from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
+from wsiseg.tiling.writer import tile_slide
 
 Window = tuple[int, int]
 
@@ -67,7 +67,7 @@ def ensure_slide(work: Path, size: int, seed: int) -> Path:
 
 def tissue_windows(slide: Slide, config: TilingConfig) -> list[Window]:
     """The windows ``tile_slide`` keeps (same thumbnail, tissue mask, grid and threshold)."""
-    thumb = slide.get_thumbnail(THUMBNAIL_SIZE)
+    thumb = slide.get_thumbnail(TISSUE_THUMBNAIL)
     ds = slide.dimensions[0] / thumb.shape[1]
     grid = window_grid(slide.dimensions, config.window, config.stride)
     fracs = tissue_fractions(tissue_mask(thumb), ds, grid, config.window)
