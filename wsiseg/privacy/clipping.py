@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from wsiseg.errors import PrivacyError
+from wsiseg.privacy.parallel import map_ordered
 
 __all__ = ["ClipInfo", "ClipScope", "Update", "clip_update", "global_l2_norm", "model_clip_factor"]
 
@@ -68,7 +69,9 @@ def global_l2_norm(update: Update) -> float:
     Returns:
         ``sqrt(sum over tensors of sum of squares)``, computed in float64.
     """
-    return float(math.sqrt(sum(_tensor_norm(t) ** 2 for t in update.values())))
+    tensors = list(update.values())
+    norms = map_ordered(_tensor_norm, tensors, coords=sum(np.size(t) for t in tensors))
+    return float(math.sqrt(sum(n**2 for n in norms)))  # summed in key order: thread count does not matter
 
 
 def _check_clip_norm(clip_norm: float) -> None:

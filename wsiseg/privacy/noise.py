@@ -5,9 +5,15 @@ updates, where ``z`` is the noise multiplier (the paper's sigma) and ``C`` the c
 the number of clients ``n``, the per-coordinate std on the *mean* is ``z * C / n``.
 
 Randomness: production runs pass ``seed=None`` and get a generator seeded from OS entropy; tests and
-reproductions pass an explicit seed, which is then recorded. numpy's PCG64 is a statistical, not a
-cryptographic, generator, and the normals are floating-point samples; both are the usual practice for
-DP research code but fall short of a hardened implementation (see Mironov 2012 on floating-point attacks).
+reproductions pass an explicit seed, which is then recorded. Each call of :func:`gaussian_noise_like` draws
+256 bits from that generator and derives independent PCG64 streams from them (numpy's ``SeedSequence``
+spawn keys), one per chunk of :data:`NOISE_CHUNK` coordinates of the update laid out as one vector. A
+thread pool fills the chunks (numpy releases the GIL while it fills an array); the values depend only on
+the parent generator's state and the update's layout, never on the thread count.
+
+numpy's PCG64 is a statistical, not a cryptographic, generator, and the normals are floating-point samples;
+both are the usual practice for DP research code but fall short of a hardened implementation (see Mironov
+2012 on floating-point attacks).
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from typing import Any
 import numpy as np
 
 from wsiseg.errors import PrivacyError
+from wsiseg.privacy.parallel import map_ordered
 
 __all__ = [
+    "NOISE_CHUNK",
     "add_noise",
     "gaussian_noise_like",
     "make_generator",
@@ -28,6 +36,9 @@ __all__ = [
 ]
 
 Update = dict[str, np.ndarray]
+
+NOISE_CHUNK = 1 << 22
+"""Coordinates per independent noise stream (4 M: about 16 MiB of float32 per chunk)."""
 
 
 def make_generator(seed: int | None) -> tuple[np.random.Generator, dict[str, Any]]:
@@ -67,16 +78,22 @@ def _noise_dtype(dtype: np.dtype) -> type[np.floating]:
     return np.float64 if dtype == np.float64 else np.float32
 
 
-def gaussian_noise_like(update: Update, std: float, rng: np.random.Generator) -> Update:
+def _stream(entropy: list[int], key: tuple[int, ...]) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy, spawn_key=key)))
+
+
+def gaussian_noise_like(update: Update, std: float, rng: np.random.Generator, *, workers: int | None = None) -> Update:
     """Draw i.i.d. ``N(0, std**2)`` noise shaped like ``update``.
 
-    Tensors are visited in the update's key order, so a seeded generator and the same update layout
-    give the same noise.
+    The values depend only on ``rng``'s state and the update's layout (names in order, shapes, dtypes):
+    the same seed and layout give the same noise with any number of ``workers``. ``rng`` advances by
+    one fixed draw per call, so a saved generator state resumes the same noise sequence.
 
     Args:
         update: Template mapping of name to tensor (only shapes and dtypes are used).
         std: Per-coordinate standard deviation.
         rng: The generator to draw from (see :func:`make_generator`).
+        workers: Threads that fill the chunks; ``None`` uses :func:`wsiseg.privacy.parallel.noise_workers`.
 
     Returns:
         A new dict of float32 arrays (float64 where the template is float64).
@@ -85,14 +102,29 @@ def gaussian_noise_like(update: Update, std: float, rng: np.random.Generator) ->
         PrivacyError: If ``std`` is negative or not finite.
     """
     _check_std(std)
-    out: Update = {}
-    for name, tensor in update.items():
-        arr = np.asarray(tensor)
-        dtype = _noise_dtype(arr.dtype)
-        noise = rng.standard_normal(arr.shape, dtype=dtype)
-        noise *= dtype(std)
-        out[name] = noise
-    return out
+    entropy = [int(v) for v in rng.integers(0, 2**63, size=4, dtype=np.int64)]
+    layout = [(name, np.shape(t), _noise_dtype(np.asarray(t).dtype)) for name, t in update.items()]
+    views: Update = {}
+    chunks: list[tuple[tuple[int, int], np.ndarray]] = []
+    for d_index, dtype in enumerate((np.float32, np.float64)):
+        entries = [(name, shape) for name, shape, d in layout if d is dtype]
+        sizes = [math.prod(shape) for _, shape in entries]
+        buffer = np.empty(sum(sizes), dtype=dtype)  # all tensors of one dtype as one coordinate space
+        chunks += [
+            ((d_index, j), buffer[s : s + NOISE_CHUNK]) for j, s in enumerate(range(0, buffer.size, NOISE_CHUNK))
+        ]
+        offset = 0
+        for (name, shape), size in zip(entries, sizes, strict=True):
+            views[name] = buffer[offset : offset + size].reshape(shape)
+            offset += size
+
+    def fill(job: tuple[tuple[int, int], np.ndarray]) -> None:
+        key, view = job
+        _stream(entropy, key).standard_normal(out=view, dtype=view.dtype)
+        view *= view.dtype.type(std)
+
+    map_ordered(fill, chunks, coords=sum(v.size for _, v in chunks), workers=workers)
+    return {name: views[name] for name, _, _ in layout}
 
 
 def add_noise(update: Update, std: float, rng: np.random.Generator) -> Update:
