@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wsiseg.models import create_model, list_models
+from wsiseg.models import create_model, get_entry, list_models
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,14 @@ def main() -> None:
         "|---|---|---:|---|---:|---:|",
     ]
     for name in names:
+        size = get_entry(name).input_size(args.size)  # tiny Swin/ViT variants take only their own size
+        label = name if size == args.size else f"{name} (at {size} px)"
         for s in plan:
             try:
-                f, fb = bench(name, s, args.size, args.warmup, args.iters)
-                row = f"| {name} | {s.device} | {s.batch} | {s.label} | {f:.1f} | {fb:.1f} |"
+                f, fb = bench(name, s, size, args.warmup, args.iters)
+                row = f"| {label} | {s.device} | {s.batch} | {s.label} | {f:.1f} | {fb:.1f} |"
             except Exception as err:  # a failing setting (e.g. OOM) must not stop the table
-                row = f"| {name} | {s.device} | {s.batch} | {s.label} | failed: {type(err).__name__} | |"
+                row = f"| {label} | {s.device} | {s.batch} | {s.label} | failed: {type(err).__name__} | |"
             if s.device == "cuda":
                 torch.cuda.empty_cache()
             print(row, flush=True)

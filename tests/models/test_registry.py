@@ -86,3 +86,23 @@ def test_models_cli_json_and_table() -> None:
     assert "2 x multiply" in table.output
     missing = runner.invoke(app, ["--pattern", "dhunet_tiny"])  # tiny variants hidden by default
     assert isinstance(missing.exception, ModelError)
+
+
+def test_models_cli_lists_every_tiny_variant_with_flops() -> None:
+    # Tiny Swin/ViT variants take only their own input size: counting them at 224 used to crash the command.
+    app = typer.Typer()
+    app.command()(models)
+    result = CliRunner().invoke(app, ["--json", "--tiny", "--pattern", "*_tiny"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == set(list_models("*_tiny"))
+    for name, row in rows.items():
+        assert row["gflops"] > 0, name
+        expected = 64 if name in {"swinunet_tiny", "transfuse_tiny"} else 224
+        assert row["gflops_size"] == expected, name
+        assert (row["gflops_224"] is None) == (expected != 224), name
+    swin = create_model("swinunet_tiny")
+    assert rows["swinunet_tiny"]["gflops"] == pytest.approx(count_gflops(swin, 64), abs=0.01)
+    table = CliRunner().invoke(app, ["--tiny", "--pattern", "swinunet*"])
+    assert table.exit_code == 0, table.output
+    assert "(at 64)" in table.output

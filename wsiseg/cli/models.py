@@ -37,18 +37,25 @@ def count_gflops(model: nn.Module, size: int = 224) -> float:
 
 
 def model_facts(name: str, *, flops: bool = True) -> dict[str, Any]:
-    """Build a registered model (random init) and return its name, family, size, GFLOPs and paper row."""
+    """Build a registered model (random init) and return its name, family, size, GFLOPs and paper row.
+
+    GFLOPs are counted at 224 px, or at the model's own size for variants fixed to one (``gflops_size``).
+    """
     from wsiseg.models import create_model, get_entry  # noqa: PLC0415
 
     entry = get_entry(name)
     model = create_model(name, pretrained=False)
     params = sum(p.numel() for p in model.parameters())
+    size = entry.input_size(224)  # tiny Swin/ViT variants only take their own input size
+    gflops = round(count_gflops(model, size), 2) if flops else None
     return {
         "name": name,
         "family": entry.family,
         "tiny": entry.tiny,
         "params_m": round(params / 1e6, 3),
-        "gflops_224": round(count_gflops(model), 2) if flops else None,
+        "gflops_224": gflops if size == 224 else None,
+        "gflops": gflops,
+        "gflops_size": size,
         "paper_row": entry.paper_row,
     }
 
@@ -80,6 +87,8 @@ def models(
     table.add_column("GFLOPs@224", justify="right")
     table.add_column("Table I Dice/Jaccard/Acc %", justify="left")
     for r in rows:
-        gflops = "-" if r["gflops_224"] is None else f"{r['gflops_224']:.2f}"
+        gflops = "-" if r["gflops"] is None else f"{r['gflops']:.2f}"
+        if r["gflops"] is not None and r["gflops_size"] != 224:
+            gflops += f" (at {r['gflops_size']})"
         table.add_row(r["name"], r["family"], f"{r['params_m']:.2f}", gflops, r["paper_row"] or "-")
     console.print(table)

@@ -39,6 +39,13 @@ class ModelEntry:
     tiny: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def input_size(self, wanted: int = 224) -> int:
+        """The input side to use: ``wanted``, or the built-in size of a model fixed to one (``fixed_size`` meta).
+
+        Swin and ViT variants built without an ``img_size`` argument (the tiny ones) only take their own size.
+        """
+        return int(self.meta["img_size"]) if self.meta.get("fixed_size") else wanted
+
 
 _MODELS: dict[str, ModelEntry] = {}
 

@@ -186,7 +186,7 @@ def _load_encoder(model: SwinUnet, download: bool, path: Path | None) -> None:
     model.mirror_encoder_into_decoder()
 
 
-@register_model("swinunet", family="swinunet", paper_row="- | - | 83.98", params_m=27.17, img_size=224)
+@register_model("swinunet", family="swinunet", paper_row="- | - | 83.98", params_m=27.17, img_size=224, fixed_size=True)
 def swinunet(
     *,
     num_classes: int = 4,
@@ -212,7 +212,7 @@ def swinunet(
     return model
 
 
-@register_model("swinunet_tiny", family="swinunet", tiny=True, img_size=64)
+@register_model("swinunet_tiny", family="swinunet", tiny=True, img_size=64, fixed_size=True)
 def swinunet_tiny(*, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm") -> SwinUnet:
     """Test variant: 64x64 input, C = 16, heads (1,2,4,8), window 4, depths (2,2,2,2).
 

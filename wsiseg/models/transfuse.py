@@ -273,7 +273,9 @@ def _vit(img_size: int, dim: int, depth: int, heads: int) -> VisionTransformer:
     )  # fmt: skip
 
 
-@register_model("transfuse", family="transfuse", paper_row="- | - | 84.64", params_m=26.26, img_size=224)
+@register_model(
+    "transfuse", family="transfuse", paper_row="- | - | 84.64", params_m=26.26, img_size=224, fixed_size=True
+)
 def transfuse(  # noqa: PLR0913
     *,
     num_classes: int = 4,
@@ -300,7 +302,7 @@ def transfuse(  # noqa: PLR0913
     return apply_norm(model, norm)
 
 
-@register_model("transfuse_tiny", family="transfuse", tiny=True, img_size=64)
+@register_model("transfuse_tiny", family="transfuse", tiny=True, img_size=64, fixed_size=True)
 def transfuse_tiny(
     *, num_classes: int = 4, pretrained: bool | str | Path = False, norm: str = "batchnorm"
 ) -> TransFuse:
