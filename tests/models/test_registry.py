@@ -106,3 +106,20 @@ def test_models_cli_lists_every_tiny_variant_with_flops() -> None:
     table = CliRunner().invoke(app, ["--tiny", "--pattern", "swinunet*"])
     assert table.exit_code == 0, table.output
     assert "(at 64)" in table.output
+
+
+def test_args_for_tiles_fits_or_refuses_clearly() -> None:
+    from wsiseg.models import args_for_tiles
+
+    # Models with an input size are built for the tiles; fully convolutional ones need nothing.
+    assert args_for_tiles("dhunet_tiny", {}, 64) == {"img_size": 64}
+    assert args_for_tiles("swinunet", {"norm": "groupnorm"}, 96) == {"norm": "groupnorm", "img_size": 96}
+    assert args_for_tiles("unet_tiny", {}, 224) == {}
+    assert args_for_tiles("swinunet_tiny", {}, 64) == {}
+    model = create_model("dhunet_tiny", **args_for_tiles("dhunet_tiny", {}, 64))
+    model.eval()
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4, 64, 64)
+    with pytest.raises(ModelError, match=r"takes only 64 px input but the tiles are 224 px; tile with --size 64"):
+        args_for_tiles("transfuse_tiny", {}, 224)
+    with pytest.raises(ModelError, match=r"--img-size 224"):
+        args_for_tiles("dhunet_tiny", {"img_size": 64}, 224)

@@ -20,7 +20,7 @@ from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult, trainable_state
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import DpFedAvg, FedAvg, RoundAggregate
-from wsiseg.models import create_model
+from wsiseg.models import args_for_tiles, create_model
 from wsiseg.privacy.accounting import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 from wsiseg.train.checkpoint import load_checkpoint
@@ -64,7 +64,7 @@ class ServerState:
     ) -> None:
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.classes, self.tiling, self.n_clients = classes, tiling, n_clients
-        model_args = dict(cfg.model_args)
+        model_args = args_for_tiles(cfg.model, cfg.model_args, int(tiling["size"]))
         if cfg.dp != "none" and "norm" not in model_args:
             model_args["norm"] = "groupnorm"
         self.model_args = model_args

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import importlib
 
-from wsiseg.models._factory import create_model
+from wsiseg.models._factory import args_for_tiles, create_model
 from wsiseg.models._registry import ModelEntry, get_entry, list_models, register_model
 
-__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
+__all__ = ["ModelEntry", "args_for_tiles", "create_model", "get_entry", "list_models", "register_model"]
 
 #: Family modules whose ``@register_model`` entry points fill the registry on import.
 _FAMILIES = ("dhunet", "fcn", "unet", "deeplabv3", "upernet", "swinunet", "transfuse")

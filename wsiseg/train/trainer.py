@@ -19,7 +19,7 @@ from wsiseg.data.dataset import TileDataset, TileSource, load_sources
 from wsiseg.data.partition import kfold_slides, split_slides
 from wsiseg.data.transforms import PairTransform
 from wsiseg.errors import ConfigError
-from wsiseg.models import create_model
+from wsiseg.models import args_for_tiles, create_model
 from wsiseg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wsiseg.train.loop import OptimConfig, evaluate, make_loss, make_optimizer, poly_lr, train_steps
 from wsiseg.train.runlog import CsvLog, new_run_dir, plot_curves, write_config
@@ -124,7 +124,7 @@ def epoch_loader(ds: TileDataset, cfg: TrainConfig, epoch: int, device: str) -> 
 
 def model_card(cfg: TrainConfig, source: TileSource, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint card: what predict needs to rebuild the model and repeat the tiling."""
-    args = {"num_classes": len(source.classes), **cfg.model_args}
+    args = {"num_classes": len(source.classes), **args_for_tiles(cfg.model, cfg.model_args, source.config.size)}
     return {
         "model": {"name": cfg.model, "args": args},
         "classes": source.classes.to_list(),
@@ -164,7 +164,8 @@ def run_training(
     train_ds, test_loader = make_loaders(source.subset(train_ids), source.subset(test_ids), cfg, device)
     assert train_ds is not None  # noqa: S101
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, num_classes=len(source.classes), pretrained=cfg.pretrained, **cfg.model_args)
+    model_args = args_for_tiles(cfg.model, cfg.model_args, source.config.size)
+    model = create_model(cfg.model, num_classes=len(source.classes), pretrained=cfg.pretrained, **model_args)
     model.to(device)
     if cfg.channels_last and device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
