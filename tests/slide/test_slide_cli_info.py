@@ -73,3 +73,25 @@ def test_info_bad_backend(aperio_slide: SyntheticSlide) -> None:
     result = CliRunner().invoke(_app(), ["--backend", "vips", str(aperio_slide.path)])
     assert result.exit_code != 0
     assert "unknown --backend 'vips'" in str(result.exception)
+
+
+def test_info_exit_code_when_every_slide_fails(tmp_path: Path) -> None:
+    # Nothing readable: the error's own code (3, unreadable slide), not the "some items failed" 1.
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a slide")
+    result = CliRunner().invoke(_app(), [str(tmp_path / "missing.svs"), str(bad)])
+    assert result.exit_code == 3
+    assert result.stderr.count("error:") == 2
+
+
+def test_batch_exit_rule() -> None:
+    import pytest
+    import typer
+
+    from wsiseg.cli._console import batch_exit
+
+    batch_exit([], 3)  # nothing failed: returns
+    for codes, total, expected in (([3], 2, 1), ([3, 3], 2, 3), ([3, 5], 2, 1), ([7], 1, 7)):
+        with pytest.raises(typer.Exit) as info:
+            batch_exit(codes, total)
+        assert info.value.exit_code == expected

@@ -68,3 +68,22 @@ def given(ctx: Any, name: str) -> bool:
     from click.core import ParameterSource  # noqa: PLC0415
 
     return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
+
+
+def batch_exit(failure_codes: list[int], total: int) -> None:
+    """End a batch command: exit 0 if nothing failed, else a code scripts can rely on.
+
+    Some items failed and others were done: 1. Every item failed: the failures' own exit code when they agree
+    (3 for unreadable slides, 7 for a bad checkpoint...), else 1.
+
+    Raises:
+        typer.Exit: When any item failed.
+    """
+    import typer  # noqa: PLC0415
+
+    if not failure_codes:
+        return
+    codes = set(failure_codes)
+    if len(failure_codes) >= total and len(codes) == 1:
+        raise typer.Exit(codes.pop())
+    raise typer.Exit(1)

@@ -28,7 +28,7 @@ def export(
     """Write an overlay PNG, QuPath GeoJSON and a CSV of class areas for each mask."""
     from rich.table import Table
 
-    from wsiseg.cli._console import console
+    from wsiseg.cli._console import batch_exit, console
     from wsiseg.errors import ConfigError, WsisegError
     from wsiseg.export.report import export_mask
 
@@ -38,14 +38,14 @@ def export(
     table = Table(title=f"Exported to {out}")
     for col in ("mask", "regions", "tumor mm2", "stroma mm2", "normal mm2", "TSR", "files"):
         table.add_column(col)
-    failed = 0
+    failed: list[int] = []
     for mask in masks:
         src = slide if slide is not None else _find_slide(mask, slides)
         try:
             res = export_mask(mask, out, slide=src, min_area=min_area, geojson_mpp=geojson_mpp,
                               object_type=object_type, alpha=alpha, overlay_tiff=overlay_tiff)  # fmt: skip
         except WsisegError as err:
-            failed += 1
+            failed.append(err.exit_code)
             console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
             continue
         areas = {r.class_name: r.area_mm2 for r in res.areas}
@@ -55,9 +55,9 @@ def export(
             *[f"{areas[c]:.3f}" if areas.get(c) is not None else "-" for c in ("tumor", "stroma", "normal")],
             f"{tsr:.2f}" if tsr is not None else "-", ", ".join(p.name for p in res.files),
         )  # fmt: skip
-    console.print(table)
-    if failed:
-        raise typer.Exit(1)
+    if table.row_count:
+        console.print(table)
+    batch_exit(failed, len(masks))
 
 
 def _find_slide(mask: Path, folder: Path | None) -> Path | None:

@@ -61,7 +61,7 @@ def info(
     """
     from rich.markup import escape  # noqa: PLC0415
 
-    from wsiseg.cli._console import console, stdout  # noqa: PLC0415
+    from wsiseg.cli._console import batch_exit, console, stdout  # noqa: PLC0415
     from wsiseg.errors import ConfigError, SlideError  # noqa: PLC0415
     from wsiseg.slide import BACKEND_NAMES, open_slide  # noqa: PLC0415
 
@@ -69,13 +69,13 @@ def info(
         msg = f"unknown --backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}"
         raise ConfigError(msg)
     results: list[dict[str, Any]] = []
-    failed = 0
+    failed: list[int] = []
     for path in slides:
         try:
             with open_slide(path, backend=backend) as slide:
                 facts = slide.info()
         except SlideError as err:
-            failed += 1
+            failed.append(err.exit_code)
             console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             continue
         results.append(facts)
@@ -83,5 +83,4 @@ def info(
             console.print(_table(facts))
     if json_:
         stdout.out(json.dumps(results, indent=2), highlight=False)
-    if failed:
-        raise typer.Exit(1)
+    batch_exit(failed, len(slides))

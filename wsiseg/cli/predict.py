@@ -34,7 +34,7 @@ def predict(
     from rich.table import Table
 
     from wsiseg.classes import ClassTable
-    from wsiseg.cli._console import console, make_progress
+    from wsiseg.cli._console import batch_exit, console, make_progress
     from wsiseg.config import resolve_device
     from wsiseg.errors import CheckpointError, DataError, WsisegError
     from wsiseg.export.slide_mask import predict_to_tiff
@@ -68,7 +68,7 @@ def predict(
     table = Table(title="Predictions")
     for col in ("slide", "mask", "size", "mpp", "windows", "s", "windows/s"):
         table.add_column(col)
-    failed = 0
+    failed: list[int] = []
     with make_progress("windows") as bar:
         task = bar.add_task("predict", total=None, rate="")
         for src in sources:
@@ -84,13 +84,13 @@ def predict(
                     progress=lambda d, t: bar.update(task, completed=d, total=t),
                 )  # fmt: skip
             except WsisegError as err:
-                failed += 1
+                failed.append(err.exit_code)
                 console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
                 continue
             mpp = f"{res.mask_mpp:.3f}" if res.mask_mpp else "-"
             rate = res.windows / res.seconds if res.seconds else 0.0
             table.add_row(src.name, str(res.mask), f"{res.width}x{res.height}", mpp,
                           f"{res.windows}/{res.grid_windows}", f"{res.seconds:.1f}", f"{rate:.1f}")  # fmt: skip
-    console.print(table)
-    if failed:
-        raise typer.Exit(1)
+    if table.row_count:
+        console.print(table)
+    batch_exit(failed, len(sources))

@@ -39,7 +39,7 @@ def tile(
     overwrite: Annotated[bool, typer.Option(help="Re-tile slides that are already done.")] = False,
 ) -> None:
     """Tile slides into tissue windows: 1000 px windows at stride 500, resized to 224 (the paper's grid)."""
-    from wsiseg.cli._console import console, make_progress
+    from wsiseg.cli._console import batch_exit, console, make_progress
     from wsiseg.errors import DataError
     from wsiseg.tiling.batch import expand_sources, read_site_table, tile_many
     from wsiseg.tiling.geometry import TilingConfig
@@ -68,8 +68,7 @@ def tile(
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         console.print(f"[bold red]failed:[/] {o.error}", highlight=False, soft_wrap=True)
-    if failed:
-        raise typer.Exit(1)
+    batch_exit([o.exit_code for o in failed], len(outcomes))
 
 
 def _summary(outcomes: list, out: Path) -> None:  # type: ignore[type-arg]

@@ -43,6 +43,7 @@ class SlideOutcome:
     entry: SlideEntry | None = None
     error: str = ""
     seconds: float = 0.0
+    exit_code: int = 0  # the error's CLI exit code when failed
 
 
 def _is_label_name(path: Path) -> bool:
@@ -209,7 +210,8 @@ def tile_many(
                                site=slide_site, workers=workers, progress=progress)  # fmt: skip
             outcomes.append(SlideOutcome(source, "tiled", entry, seconds=time.perf_counter() - start))
         except WsisegError as err:
-            outcomes.append(SlideOutcome(source, "failed", error=str(err), seconds=time.perf_counter() - start))
+            outcomes.append(SlideOutcome(source, "failed", error=str(err), seconds=time.perf_counter() - start,
+                                         exit_code=err.exit_code))  # fmt: skip
     _rewrite_manifest(out_dir, config, classes)
     return outcomes
 
