@@ -13,8 +13,9 @@ provenance) goes into the level-0 ImageDescription (flat) or the OME ``Image/Des
 
 Streaming design: tifffile needs one tile iterator per page in a single ``write`` call, while the
 stitcher pushes rows. ``MaskTiffWriter`` therefore appends incoming rows to raw uint8 scratch files,
-one per pyramid level (level ``k`` keeps every ``2**k``-th row and column: NEAREST decimation, which
-never invents label values that were not predicted), in a hidden scratch folder next to the output.
+one per pyramid level (a pixel of level ``k`` is the majority label, or for probability maps the mean, of
+its ``2**k`` x ``2**k`` block of level 0; see ``wsiseg.export.pyramid``), in a hidden scratch folder next to
+the output.
 ``close()`` then streams each raw level into the TIFF 256 rows at a time. Peak RAM is about
 ``256 * width`` bytes plus tifffile's encode buffers, independent of slide height; scratch disk is
 about 4/3 of the uncompressed level 0. The TIFF is first written inside the scratch folder, then
@@ -41,6 +42,7 @@ import tifffile
 from wsiseg import __version__
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
+from wsiseg.export.pyramid import MajorityPyramid, RowReducer
 
 __all__ = [
     "MaskTiffWriter",
@@ -137,7 +139,7 @@ class MaskTiffWriter:
             "height": height,
             "mpp": mpp,
             "levels": [list(s) for s in self.levels],
-            "downsampling": "nearest",
+            "downsampling": "mean" if kind == "probability" else "majority",
             "classes": classes.to_list(),
             "label_offset": label_offset,
             "unanalysed_value": unanalysed_value,
@@ -152,6 +154,10 @@ class MaskTiffWriter:
         except BaseException:
             self.abort()
             raise
+        n_reduced = len(self.levels) - 1
+        self._majority = MajorityPyramid(width, n_reduced) if kind != "probability" else None
+        means = self._majority is None
+        self._means = [RowReducer(2**k, "mean", width) for k in range(1, n_reduced + 1)] if means else []
         self._next_row = 0
         self._done = False
 
@@ -185,10 +191,14 @@ class MaskTiffWriter:
                 f"{self._next_row} of {self.height}; feed rows in order, each once"
             )
             raise DataError(msg)
-        for level, raw in enumerate(self._raw):
-            step = 2**level
-            first = (-row_start) % step
-            raw.write(np.ascontiguousarray(rows[first::step, ::step]).tobytes())
+        last = row_start + n == self.height
+        self._raw[0].write(np.ascontiguousarray(rows).tobytes())
+        if self._majority is not None:
+            reduced = self._majority.push(rows, last=last)
+        else:
+            reduced = [r.push(rows, last=last) for r in self._means]
+        for raw, level_rows in zip(self._raw[1:], reduced, strict=True):
+            raw.write(np.ascontiguousarray(level_rows).tobytes())
         self._next_row += n
 
     def __call__(self, row_start: int, labels: np.ndarray, probs: np.ndarray | None = None) -> None:
