@@ -106,7 +106,8 @@ class StandIn(nn.Module):
 
 def rss_one(size: int, batch: int, threads: int) -> dict[str, float]:
     """Plan, predict, stitch and write one virtual slide; then time the stitcher alone on the same plan."""
-    from wsiseg.export.tiff import MaskTiffWriter, StitchSink  # noqa: PLC0415
+    from wsiseg.export.sinks import StitchSink  # noqa: PLC0415
+    from wsiseg.export.tiff import MaskTiffWriter  # noqa: PLC0415
     from wsiseg.inference.predictor import PredictSettings, plan_prediction, run_prediction  # noqa: PLC0415
     from wsiseg.inference.stitching import BandStitcher  # noqa: PLC0415
 

@@ -34,7 +34,8 @@ def _rss_mib() -> float:
 def run_one(size0: int, probs: bool, seed: int = 0) -> dict[str, float]:
     """Stitch and write one virtual ``size0`` x ``size0`` slide; return timings and memory."""
     from wsiseg.classes import DEFAULT_CLASSES
-    from wsiseg.export.tiff import MaskTiffWriter, StitchSink, open_prob_writers
+    from wsiseg.export.sinks import StitchSink, open_prob_writers
+    from wsiseg.export.tiff import MaskTiffWriter
     from wsiseg.inference.stitching import BandStitcher, band_memory_bytes, stitch_geometry
 
     rss_start = _rss_mib()

@@ -12,7 +12,7 @@ from wsiseg.classes import DEFAULT_CLASSES
 from wsiseg.errors import DataError
 from wsiseg.export.maskio import atomic_output, read_label_mask
 from wsiseg.export.pyramid import reduce_rows
-from wsiseg.export.tiff import write_label_pyramid
+from wsiseg.export.sinks import write_label_pyramid
 
 
 def _mask() -> np.ndarray:

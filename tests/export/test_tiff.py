@@ -14,18 +14,8 @@ import tiffslide
 from wsiseg.classes import DEFAULT_CLASSES
 from wsiseg.errors import DataError
 from wsiseg.export.pyramid import reduce_rows
-from wsiseg.export.tiff import (
-    MaskTiffWriter,
-    StitchSink,
-    open_prob_writers,
-    prob_map_paths,
-    pyramid_sizes,
-    read_mask_level,
-    read_mask_tiff,
-    sidecar_path,
-    write_label_pyramid,
-    write_prob_maps,
-)
+from wsiseg.export.sinks import StitchSink, open_prob_writers, prob_map_paths, write_label_pyramid, write_prob_maps
+from wsiseg.export.tiff import MaskTiffWriter, pyramid_sizes, read_mask_level, read_mask_tiff, sidecar_path
 from wsiseg.inference.stitching import BandStitcher
 
 MPP = 1.116  # 0.25 um/px slide at s = 0.224

@@ -11,7 +11,8 @@ from torch import nn
 
 from wsiseg import __version__
 from wsiseg.classes import ClassTable
-from wsiseg.export.tiff import MaskTiffWriter, StitchSink, open_prob_writers
+from wsiseg.export.sinks import StitchSink, open_prob_writers
+from wsiseg.export.tiff import MaskTiffWriter
 from wsiseg.inference.predictor import PredictSettings, plan_prediction, run_prediction
 from wsiseg.slide import open_slide
 from wsiseg.tiling.geometry import TilingConfig
