@@ -12,14 +12,8 @@ import dp_accounting
 import pytest
 
 from wsiseg.errors import PrivacyError
-from wsiseg.privacy.accounting import (
-    LEDGER_ROW_FIELDS,
-    RDP_ORDERS,
-    PrivacyLedger,
-    compute_epsilon,
-    epsilon_for_history,
-    meaningful_warning,
-)
+from wsiseg.privacy.accounting import RDP_ORDERS, compute_epsilon, epsilon_for_history, meaningful_warning
+from wsiseg.privacy.ledger import LEDGER_ROW_FIELDS, PrivacyLedger
 
 T, DELTA = 150, 1e-5
 

@@ -21,13 +21,13 @@ from torchmetrics.functional.segmentation import dice_score
 from wsiseg.errors import DataError
 from wsiseg.train.metrics import (
     LabelRangeError,
-    MetricAccumulator,
     aggregate_paper_metrics,
     confusion_matrix,
     confusion_metrics,
     paper_metrics_from_confusion,
     paper_metrics_per_class,
 )
+from wsiseg.train.report import MetricAccumulator
 
 # Hand example, 4 classes. Pixel pairs (target, pred) row-major:
 # (0,0) (1,1) (1,2) (2,2) / (0,1) (1,1) (2,2) (2,2) / (0,0) (0,0) (2,3) (3,3)

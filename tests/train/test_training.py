@@ -14,7 +14,7 @@ from PIL import Image
 from wsiseg.data.dataset import TileDataset, load_sources
 from wsiseg.errors import CheckpointError, DataError
 from wsiseg.train.checkpoint import load_checkpoint
-from wsiseg.train.metrics import MetricAccumulator
+from wsiseg.train.report import MetricAccumulator
 from wsiseg.train.trainer import TrainConfig, run_training, slide_split
 
 TINY = {"model": "dhunet_tiny", "model_args": {"img_size": 64}}

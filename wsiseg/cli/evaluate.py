@@ -71,7 +71,7 @@ def _slide_mode(masks: list[Path], truth: list[Path], slides: list[Path], palett
     from wsiseg.errors import ConfigError
     from wsiseg.export.compare import ground_truth_on_grid, level0_size_from, load_prediction, recorded_slide_size
     from wsiseg.slide import open_slide
-    from wsiseg.train.metrics import MetricAccumulator
+    from wsiseg.train.report import MetricAccumulator
 
     if len(truth) != len(masks) or (slides and len(slides) != len(masks)):
         msg = f"{len(masks)} masks need as many --truth files (got {len(truth)}) and --slide files if given"

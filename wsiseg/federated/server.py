@@ -21,7 +21,7 @@ from wsiseg.federated.clients import ClientResult, trainable_state
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import DpFedAvg, FedAvg, RoundAggregate
 from wsiseg.models import args_for_tiles, create_model
-from wsiseg.privacy.accounting import PrivacyLedger
+from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 from wsiseg.train.checkpoint import load_checkpoint
 from wsiseg.train.runlog import CsvLog, plot_curves

@@ -1,4 +1,4 @@
-"""Client-level privacy accounting for DP-FedAvg (pure functions plus a small stateful ledger).
+"""Client-level privacy accounting for DP-FedAvg (pure functions; the run ledger is in ``ledger.py``).
 
 What is accounted. One round releases ``(1/m)·(Σ_i clip_C(Δ_i) + N(0, z²C²I))`` (FedDP eq. 11). The unit of
 privacy is **one client's whole dataset**, and neighbouring federations differ by **adding or removing one
@@ -28,13 +28,11 @@ The paper's "ε = C/σ" (eq. 14) is not a privacy guarantee and is deliberately 
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import dp_accounting
 from dp_accounting import pld, rdp
@@ -42,14 +40,14 @@ from dp_accounting import pld, rdp
 from wsiseg.errors import PrivacyError
 
 __all__ = [
-    "LEDGER_ROW_FIELDS",
     "RDP_ORDERS",
     "AccountingMethod",
-    "LedgerEntry",
-    "PrivacyLedger",
+    "Segment",
     "compute_epsilon",
     "epsilon_for_history",
     "meaningful_warning",
+    "validate_delta",
+    "validate_rounds",
 ]
 
 AccountingMethod = Literal["pld", "rdp"]
@@ -68,7 +66,12 @@ _PLD_MAX_EPSILON = 1e6
 Segment = tuple[float, float, int]
 
 
-def _validate(noise_multiplier: float, sample_rate: float, rounds: int) -> None:
+def validate_rounds(noise_multiplier: float, sample_rate: float, rounds: int) -> None:
+    """Check ``z >= 0``, ``0 < q <= 1`` and ``rounds >= 0``.
+
+    Raises:
+        PrivacyError: Naming the bad value.
+    """
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         msg = f"noise multiplier must be a finite number >= 0, got {noise_multiplier!r}"
         raise PrivacyError(msg)
@@ -80,7 +83,12 @@ def _validate(noise_multiplier: float, sample_rate: float, rounds: int) -> None:
         raise PrivacyError(msg)
 
 
-def _validate_delta(delta: float) -> None:
+def validate_delta(delta: float) -> None:
+    """Check ``0 < delta < 1``.
+
+    Raises:
+        PrivacyError: With a usual choice of delta.
+    """
     if not (0 < delta < 1):
         msg = f"delta must be in (0, 1), got {delta!r}; a common choice is 1e-5 or below 1/n_clients"
         raise PrivacyError(msg)
@@ -157,9 +165,9 @@ def epsilon_for_history(
     Raises:
         PrivacyError: On invalid δ, noise multipliers, sample rates, round counts or method.
     """
-    _validate_delta(delta)
+    validate_delta(delta)
     for z, q, t in history:
-        _validate(z, q, t)
+        validate_rounds(z, q, t)
     if method not in ("pld", "rdp"):
         msg = f"unknown accounting method {method!r}; use 'pld' or 'rdp'"
         raise PrivacyError(msg)
@@ -232,219 +240,3 @@ def meaningful_warning(epsilon: float) -> str | None:
             "privacy guarantee; raise --noise-multiplier, sample fewer clients a round or train fewer rounds"
         )
     return None
-
-
-#: Column order of :meth:`PrivacyLedger.to_rows` (for a CSV writer).
-LEDGER_ROW_FIELDS: tuple[str, ...] = (
-    "round",
-    "sigma",
-    "q",
-    "clip",
-    "n_clients",
-    "epsilon_pld",
-    "epsilon_rdp",
-)
-_STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One released round as recorded by :class:`PrivacyLedger`.
-
-    Attributes:
-        round: Round number (strictly increasing, continues across resumes).
-        noise_multiplier: ``z`` used in this round.
-        sample_rate: ``q`` used in this round.
-        clip: Clip norm ``C`` (informational: ε does not depend on it).
-        n_clients_released: Clients whose updates entered the release.
-        epsilon_pld: Cumulative PLD ε up to and including this round, at the ledger's δ.
-        epsilon_rdp: Cumulative RDP ε likewise.
-    """
-
-    round: int
-    noise_multiplier: float
-    sample_rate: float
-    clip: float
-    n_clients_released: int
-    epsilon_pld: float
-    epsilon_rdp: float
-
-
-def _json_float(x: float) -> float | None:
-    return None if math.isinf(x) else float(x)
-
-
-def _from_json_float(x: float | None) -> float:
-    return math.inf if x is None else float(x)
-
-
-class PrivacyLedger:
-    """The per-run record of released rounds; the maths lives in :func:`epsilon_for_history`.
-
-    Keep one ledger per training run, call :meth:`record_round` after every release and save
-    :meth:`state_dict` next to the checkpoint so a resumed run continues the same ledger.
-
-    Args:
-        delta: δ at which the per-round cumulative ε are recorded.
-        value_discretization_interval: PLD grid step (``None``: automatic).
-
-    Raises:
-        PrivacyError: If ``delta`` is not in (0, 1).
-    """
-
-    def __init__(self, *, delta: float, value_discretization_interval: float | None = None) -> None:
-        _validate_delta(delta)
-        self.delta = float(delta)
-        self.value_discretization_interval = value_discretization_interval
-        self._entries: list[LedgerEntry] = []
-
-    @property
-    def entries(self) -> list[LedgerEntry]:
-        """A copy of the recorded rounds, oldest first."""
-        return list(self._entries)
-
-    def _segments(self, extra: Sequence[Segment] = ()) -> list[Segment]:
-        return [(e.noise_multiplier, e.sample_rate, 1) for e in self._entries] + list(extra)
-
-    def record_round(
-        self, *, round: int, noise_multiplier: float, sample_rate: float, clip: float, n_clients_released: int
-    ) -> LedgerEntry:
-        """Record one released round and return its entry with the cumulative ε.
-
-        Args:
-            round: Round number, greater than the last recorded one.
-            noise_multiplier: ``z`` of this round.
-            sample_rate: ``q`` of this round.
-            clip: Clip norm ``C``.
-            n_clients_released: Number of client updates in the release (0 for a noise-only central round).
-
-        Returns:
-            The new :class:`LedgerEntry`.
-
-        Raises:
-            PrivacyError: On invalid values or a round number that does not increase.
-        """
-        _validate(noise_multiplier, sample_rate, 1)
-        if self._entries and round <= self._entries[-1].round:
-            msg = f"round {round} recorded after round {self._entries[-1].round}; round numbers must increase"
-            raise PrivacyError(msg)
-        if not (math.isfinite(clip) and clip > 0) or int(n_clients_released) < 0:
-            msg = f"clip must be > 0 and n_clients_released >= 0, got {clip!r} and {n_clients_released!r}"
-            raise PrivacyError(msg)
-        history = self._segments([(noise_multiplier, sample_rate, 1)])
-        kw: dict[str, Any] = {"delta": self.delta}
-        entry = LedgerEntry(
-            round=int(round),
-            noise_multiplier=float(noise_multiplier),
-            sample_rate=float(sample_rate),
-            clip=float(clip),
-            n_clients_released=int(n_clients_released),
-            epsilon_pld=epsilon_for_history(
-                history, method="pld", value_discretization_interval=self.value_discretization_interval, **kw
-            ),
-            epsilon_rdp=epsilon_for_history(history, method="rdp", **kw),
-        )
-        self._entries.append(entry)
-        return entry
-
-    def epsilon(self, delta: float | None = None, *, method: AccountingMethod = "pld") -> float:
-        """Cumulative ε of all recorded rounds.
-
-        Args:
-            delta: δ (``None``: the ledger's δ).
-            method: ``"pld"`` or ``"rdp"``.
-
-        Returns:
-            ε (``0.0`` before the first round).
-        """
-        return epsilon_for_history(
-            self._segments(),
-            delta=self.delta if delta is None else delta,
-            method=method,
-            value_discretization_interval=self.value_discretization_interval,
-        )
-
-    def projected_epsilon(self, *, noise_multiplier: float, sample_rate: float, extra_rounds: int = 1) -> float:
-        """PLD ε at the ledger's δ if ``extra_rounds`` more rounds were released (for a budget stop).
-
-        Args:
-            noise_multiplier: ``z`` of the planned rounds.
-            sample_rate: ``q`` of the planned rounds.
-            extra_rounds: How many more rounds.
-
-        Returns:
-            The projected cumulative ε.
-        """
-        return epsilon_for_history(
-            self._segments([(noise_multiplier, sample_rate, extra_rounds)]),
-            delta=self.delta,
-            value_discretization_interval=self.value_discretization_interval,
-        )
-
-    def to_rows(self) -> list[dict[str, float | int]]:
-        """One dict per round with keys :data:`LEDGER_ROW_FIELDS` (for ``csv.DictWriter``)."""
-        return [
-            {
-                "round": e.round,
-                "sigma": e.noise_multiplier,
-                "q": e.sample_rate,
-                "clip": e.clip,
-                "n_clients": e.n_clients_released,
-                "epsilon_pld": e.epsilon_pld,
-                "epsilon_rdp": e.epsilon_rdp,
-            }
-            for e in self._entries
-        ]
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (infinite ε stored as ``null``)."""
-        entries = []
-        for e in self._entries:
-            d = asdict(e)
-            d["epsilon_pld"], d["epsilon_rdp"] = _json_float(e.epsilon_pld), _json_float(e.epsilon_rdp)
-            entries.append(d)
-        return {
-            "version": _STATE_VERSION,
-            "delta": self.delta,
-            "value_discretization_interval": self.value_discretization_interval,
-            "entries": entries,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Replace this ledger's content with a saved :meth:`state_dict`.
-
-        Args:
-            state: As produced by :meth:`state_dict` (e.g. read back from JSON).
-
-        Raises:
-            PrivacyError: If the state has another version, is malformed, or its rounds do not increase.
-        """
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            msg = f"privacy ledger state is not version {_STATE_VERSION}; was it written by another wsiseg?"
-            raise PrivacyError(msg)
-        try:
-            delta = float(state["delta"])
-            entries = [
-                LedgerEntry(
-                    round=int(d["round"]),
-                    noise_multiplier=float(d["noise_multiplier"]),
-                    sample_rate=float(d["sample_rate"]),
-                    clip=float(d["clip"]),
-                    n_clients_released=int(d["n_clients_released"]),
-                    epsilon_pld=_from_json_float(d["epsilon_pld"]),
-                    epsilon_rdp=_from_json_float(d["epsilon_rdp"]),
-                )
-                for d in state["entries"]
-            ]
-        except (KeyError, TypeError, ValueError) as err:
-            msg = f"privacy ledger state is malformed ({err}); restore it from the run's checkpoint folder"
-            raise PrivacyError(msg) from err
-        _validate_delta(delta)
-        for e in entries:
-            _validate(e.noise_multiplier, e.sample_rate, 1)
-        if any(b.round <= a.round for a, b in itertools.pairwise(entries)):
-            msg = "privacy ledger state has round numbers that do not increase; the file is corrupt"
-            raise PrivacyError(msg)
-        self.delta = delta
-        self.value_discretization_interval = state.get("value_discretization_interval")
-        self._entries = entries

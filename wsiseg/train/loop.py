@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wsiseg.train.losses import SegLoss
-from wsiseg.train.metrics import MetricAccumulator, MetricReport
+from wsiseg.train.report import MetricAccumulator, MetricReport
 
 __all__ = [
     "OptimConfig",
