@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wsiseg.classes import DEFAULT_CLASSES
-from wsiseg.export.pyramid import RowReducer, reduce_rows
+from wsiseg.export.pyramid import BlockPyramid, reduce_rows
 from wsiseg.export.tiff import MaskTiffWriter, read_mask_level, read_mask_tiff
 
 
@@ -35,18 +35,6 @@ def test_partial_edge_blocks_count_only_real_pixels() -> None:
         reduce_rows(rows, 2, "median")
 
 
-def test_streaming_equals_whole_image() -> None:
-    rng = np.random.default_rng(4)
-    img = rng.integers(0, 4, size=(83, 61), dtype=np.uint8)
-    for step in (2, 4, 8):
-        red = RowReducer(step, "majority", 61)
-        parts, start = [], 0
-        for n in (5, 1, 17, 30, 30):
-            parts.append(red.push(img[start : start + n], last=start + n == 83))
-            start += n
-        np.testing.assert_array_equal(np.concatenate(parts), reduce_rows(img, step, "majority"))
-
-
 def test_writer_levels_are_block_majorities(tmp_path: Path) -> None:
     # Stripes one pixel wide every 4 px vanish entirely under nearest decimation at level 2 when the grid
     # misses them; a stripe 3 px wide of every 4 must dominate level 2.
@@ -65,13 +53,12 @@ def test_writer_levels_are_block_majorities(tmp_path: Path) -> None:
     assert meta["downsampling"] == "majority"
 
 
-def test_streamed_majority_pyramid_equals_the_direct_definition() -> None:
-    from wsiseg.export.pyramid import MajorityPyramid
-
+@pytest.mark.parametrize("how", ["majority", "mean"])
+def test_streamed_pyramid_equals_the_direct_definition(how: str) -> None:
     rng = np.random.default_rng(8)
-    img = rng.integers(0, 4, size=(301, 1111), dtype=np.uint8)
-    img[100:120, 7:9] = 6  # a label that first appears mid-stream
-    pyramid = MajorityPyramid(1111, 4)
+    img = rng.integers(0, 4 if how == "majority" else 256, size=(301, 1111), dtype=np.uint8)
+    img[100:120, 7:9] = 6 if how == "majority" else 255  # a label that first appears mid-stream
+    pyramid = BlockPyramid(1111, 4, how)
     parts: list[list[np.ndarray]] = [[] for _ in range(4)]
     start = 0
     for n in (7, 64, 64, 1, 64, 101):
@@ -79,4 +66,4 @@ def test_streamed_majority_pyramid_equals_the_direct_definition() -> None:
             parts[k].append(rows)
         start += n
     for k in range(4):
-        np.testing.assert_array_equal(np.concatenate(parts[k]), reduce_rows(img, 2 ** (k + 1), "majority"))
+        np.testing.assert_array_equal(np.concatenate(parts[k]), reduce_rows(img, 2 ** (k + 1), how))

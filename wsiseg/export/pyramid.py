@@ -6,16 +6,16 @@ the block majority keeps what covers most of the block, never invents a label th
 breaks ties towards the lower class id. Probability maps take the block mean instead.
 
 Blocks are counted over the real pixels only: the last block of a row or column may be partial.
-:class:`MajorityPyramid` streams every level at once from per-label vote counts, summing 2 x 2 blocks of the
-level below (counts add up exactly, so every level is the majority of its full level-0 block); it costs about
-one pass over level 0 per label value. :func:`reduce_rows` is the direct definition.
+:class:`BlockPyramid` streams every level at once from additive channels (per-label vote counts, or value sums
+and pixel counts) summed 2 x 2 from the level below, so every level is the reduction of its full level-0 block;
+it costs about one pass over level 0 per channel. :func:`reduce_rows` is the direct definition.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["REDUCTIONS", "MajorityPyramid", "RowReducer", "reduce_rows"]
+__all__ = ["REDUCTIONS", "BlockPyramid", "reduce_rows"]
 
 REDUCTIONS = ("majority", "mean")
 
@@ -59,29 +59,6 @@ def reduce_rows(rows: np.ndarray, step: int, how: str) -> np.ndarray:
     return values[np.argmax(counts, axis=0)].astype(np.uint8)
 
 
-class RowReducer:
-    """Streaming form of :func:`reduce_rows` for one pyramid level: rows in, finished reduced rows out.
-
-    Args:
-        step: Block side of the level.
-        how: ``"majority"`` or ``"mean"``.
-        width: Row width of level 0.
-    """
-
-    def __init__(self, step: int, how: str, width: int) -> None:
-        self.step, self.how = step, how
-        self._pending = np.zeros((0, width), dtype=np.uint8)
-
-    def push(self, rows: np.ndarray, *, last: bool) -> np.ndarray:
-        """Add level-0 rows; return the reduced rows now complete (all of them when ``last``)."""
-        buf = np.concatenate([self._pending, rows]) if len(self._pending) else rows
-        done = len(buf) if last else (len(buf) // self.step) * self.step
-        self._pending = buf[done:].copy()
-        if done == 0:
-            return np.zeros((0, -(-buf.shape[1] // self.step)), dtype=np.uint8)
-        return reduce_rows(buf[:done], self.step, self.how)
-
-
 def _sum2x2(counts: np.ndarray) -> np.ndarray:
     """``(V, n, W)`` vote counts -> ``(V, ceil(n/2), ceil(W/2))``; a missing odd row or column adds nothing."""
     v, n, w = counts.shape
@@ -92,46 +69,64 @@ def _sum2x2(counts: np.ndarray) -> np.ndarray:
     return counts[:, 0::2, 0::2] + counts[:, 0::2, 1::2] + counts[:, 1::2, 0::2] + counts[:, 1::2, 1::2]
 
 
-class MajorityPyramid:
-    """Streaming block majorities for levels ``1..n_levels`` of a label mask (see :func:`reduce_rows`).
+class BlockPyramid:
+    """Streaming block reductions for levels ``1..n_levels`` of a mask (equal to :func:`reduce_rows` per level).
+
+    Each level is kept as additive channels summed 2 x 2 from the level below: one vote count per label value
+    for ``"majority"``, a value sum and a pixel count for ``"mean"``. Counts and sums add up exactly, so level
+    ``k`` is the reduction of its whole ``2**k`` block of level 0, partial edge blocks included.
 
     Args:
         width: Row width of level 0.
         n_levels: Number of reduced levels (level ``k`` has blocks of ``2**k``).
+        how: ``"majority"`` (labels) or ``"mean"`` (probabilities).
     """
 
-    def __init__(self, width: int, n_levels: int) -> None:
-        self.n_levels = n_levels
-        self._values = 1  # label values 0..values-1 are counted; grows when a larger label arrives
+    def __init__(self, width: int, n_levels: int, how: str = "majority") -> None:
+        if how not in REDUCTIONS:
+            msg = f"reduction must be one of {REDUCTIONS}, got {how!r}"
+            raise ValueError(msg)
+        self.n_levels, self.how = n_levels, how
+        self._channels = 1 if how == "majority" else 2  # majority: label values 0..channels-1 (grows)
         self._labels = np.zeros((0, width), dtype=np.uint8)  # level-0 rows waiting for their pair
-        self._counts: list[np.ndarray] = [  # per level k >= 1: count rows waiting for their pair
-            np.zeros((1, 0, -(-width // 2**k)), dtype=np.uint32) for k in range(1, n_levels + 1)
+        self._pending: list[np.ndarray] = [  # per level k >= 1: channel rows waiting for their pair
+            np.zeros((self._channels, 0, -(-width // 2**k)), dtype=np.uint32) for k in range(1, n_levels + 1)
         ]
 
-    def _grow(self, values: int) -> None:
-        for k, c in enumerate(self._counts):
-            extra = np.zeros((values - c.shape[0], *c.shape[1:]), dtype=c.dtype)
-            self._counts[k] = np.concatenate([c, extra])
-        self._values = values
+    def _grow(self, channels: int) -> None:
+        for k, c in enumerate(self._pending):
+            extra = np.zeros((channels - c.shape[0], *c.shape[1:]), dtype=c.dtype)
+            self._pending[k] = np.concatenate([c, extra])
+        self._channels = channels
+
+    def _channels_of(self, rows: np.ndarray) -> np.ndarray:
+        if self.how == "mean":
+            return np.stack([rows, np.ones_like(rows)]).astype(np.uint32)
+        return np.stack([rows == v for v in range(self._channels)]).astype(np.uint32)
+
+    def _finish(self, channels: np.ndarray) -> np.ndarray:
+        if self.how == "mean":
+            return np.floor(channels[0] / channels[1] + 0.5).astype(np.uint8)
+        return np.argmax(channels, axis=0).astype(np.uint8)  # ties: the first, i.e. lower, label
 
     def push(self, rows: np.ndarray, *, last: bool) -> list[np.ndarray]:
-        """Add level-0 label rows; return the finished rows of each level ``1..n_levels`` (all when ``last``)."""
+        """Add level-0 rows; return the finished rows of each level ``1..n_levels`` (all of them when ``last``)."""
         if self.n_levels == 0:
             return []
-        if rows.size and int(rows.max()) >= self._values:
+        if self.how == "majority" and rows.size and int(rows.max()) >= self._channels:
             self._grow(int(rows.max()) + 1)
         buf = np.concatenate([self._labels, rows]) if len(self._labels) else rows
         take = len(buf) if last else len(buf) // 2 * 2
         self._labels = buf[take:].copy()
-        current = _sum2x2(np.stack([buf[:take] == v for v in range(self._values)]).astype(np.uint32))
+        current = _sum2x2(self._channels_of(buf[:take]))
         out: list[np.ndarray] = []
-        for k in range(self.n_levels):  # current: finished count rows of level k + 1
-            out.append(np.argmax(current, axis=0).astype(np.uint8))  # ties: the first, i.e. lower, label
+        for k in range(self.n_levels):  # current: finished channel rows of level k + 1
+            out.append(self._finish(current))
             if k + 1 == self.n_levels:
                 break
-            pending = self._counts[k]
+            pending = self._pending[k]
             both = np.concatenate([pending, current], axis=1) if pending.shape[1] else current
             take = both.shape[1] if last else both.shape[1] // 2 * 2
-            self._counts[k] = both[:, take:].copy()
+            self._pending[k] = both[:, take:].copy()
             current = _sum2x2(both[:, :take])
         return out

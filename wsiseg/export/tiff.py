@@ -42,7 +42,7 @@ import tifffile
 from wsiseg import __version__
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
-from wsiseg.export.pyramid import MajorityPyramid, RowReducer
+from wsiseg.export.pyramid import BlockPyramid
 
 __all__ = [
     "TILE",
@@ -150,10 +150,7 @@ class MaskTiffWriter:
         except BaseException:
             self.abort()
             raise
-        n_reduced = len(self.levels) - 1
-        self._majority = MajorityPyramid(width, n_reduced) if kind != "probability" else None
-        means = self._majority is None
-        self._means = [RowReducer(2**k, "mean", width) for k in range(1, n_reduced + 1)] if means else []
+        self._pyramid = BlockPyramid(width, len(self.levels) - 1, self.metadata["downsampling"])
         self._next_row = 0
         self._done = False
 
@@ -189,11 +186,7 @@ class MaskTiffWriter:
             raise DataError(msg)
         last = row_start + n == self.height
         self._raw[0].write(np.ascontiguousarray(rows).tobytes())
-        if self._majority is not None:
-            reduced = self._majority.push(rows, last=last)
-        else:
-            reduced = [r.push(rows, last=last) for r in self._means]
-        for raw, level_rows in zip(self._raw[1:], reduced, strict=True):
+        for raw, level_rows in zip(self._raw[1:], self._pyramid.push(rows, last=last), strict=True):
             raw.write(np.ascontiguousarray(level_rows).tobytes())
         self._next_row += n
 
