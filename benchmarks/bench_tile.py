@@ -43,6 +43,7 @@ from wsiseg.testing.synthetic import make_slide
 from wsiseg.tiling import TilingConfig, choose_level, window_grid
 from wsiseg.tiling.batch import load_labels
 from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
+from wsiseg.tiling.window import read_window
 from wsiseg.tiling.writer import tile_slide
 
 Window = tuple[int, int]
@@ -86,9 +87,7 @@ def _init_reader(path: str, level: int, read: int, size: int) -> None:
 def _read_chunk(chunk: list[Window]) -> int:
     slide, level, read, size = _WORKER["slide"], _WORKER["level"], _WORKER["read"], _WORKER["size"]
     for x, y in chunk:
-        img = Image.fromarray(slide.read_region((x, y), level, (read, read)))
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        read_window(slide, (x, y), level, read, size, "bilinear")  # the manifest's default kernel
     return len(chunk)
 
 

@@ -5,21 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from wsiseg.data.dataset import to_tensor
 from wsiseg.slide import Slide
+from wsiseg.tiling.window import read_window
 
-__all__ = ["RESAMPLING", "WindowDataset"]
-
-RESAMPLING = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "lanczos": Image.Resampling.LANCZOS,
-    "nearest": Image.Resampling.NEAREST,
-}
+__all__ = ["WindowDataset"]
 
 
 class WindowDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -49,15 +41,11 @@ class WindowDataset(Dataset[tuple[torch.Tensor, int]]):
         self.slide = slide
         self.origins = list(origins)
         self.level, self.read_size, self.size = level, read_size, size
-        self.kernel = RESAMPLING[resize]
+        self.resize = resize
 
     def __len__(self) -> int:
         return len(self.origins)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x, y = self.origins[index]
-        region = self.slide.read_region((x, y), self.level, (self.read_size, self.read_size))
-        img = Image.fromarray(region)
-        if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), self.kernel)
+        img = read_window(self.slide, self.origins[index], self.level, self.read_size, self.size, self.resize)
         return to_tensor(img), index

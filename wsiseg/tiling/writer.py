@@ -24,16 +24,9 @@ from wsiseg.slide import Slide, open_slide
 from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
 from wsiseg.tiling.manifest import SlideEntry, TileRecord, atomic_write_text, write_tiles_csv
 from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
+from wsiseg.tiling.window import read_window
 
 __all__ = ["LabelSource", "crop_labels", "slide_id_for", "tile_slide"]
-
-_KERNELS = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "lanczos": Image.Resampling.LANCZOS,
-    "nearest": Image.Resampling.NEAREST,
-}
 
 
 @dataclass(frozen=True)
@@ -88,15 +81,11 @@ def _tile_chunk(chunk: Sequence[tuple[int, int, float]]) -> list[TileRecord]:
     labels: LabelSource | None = _STATE["labels"]
     job = _STATE["job"]
     config: TilingConfig = job["config"]
-    kernel = _KERNELS[config.resize]
     work = Path(job["work"])
     out: list[TileRecord] = []
     for x, y, frac in chunk:
         name = f"{job['id']}_x{x}_y{y}"
-        region = slide.read_region((x, y), job["level"], (job["read"], job["read"]))
-        img = Image.fromarray(region)
-        if img.size != (config.size, config.size):
-            img = img.resize((config.size, config.size), kernel)
+        img = read_window(slide, (x, y), job["level"], job["read"], config.size, config.resize)
         image_rel = f"{job['id']}/images/{name}.{config.image_format}"
         if config.image_format == "jpg":
             img.save(work / "images" / f"{name}.jpg", quality=90)
