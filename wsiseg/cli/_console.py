@@ -63,6 +63,12 @@ def make_progress(unit: str = "it") -> Progress:
     )
 
 
+def merged_model_args(base: dict[str, Any], norm: str | None, img_size: int | None) -> dict[str, Any]:
+    """The config file's ``model_args`` updated with ``--norm`` / ``--img-size`` where the user gave them."""
+    flags = {"norm": norm, "img_size": img_size}
+    return {**base.get("model_args", {}), **{k: v for k, v in flags.items() if v}}
+
+
 def given(ctx: Any, name: str) -> bool:
     """True when the user set option ``name`` on the command line (not left at its default)."""
     from click.core import ParameterSource  # noqa: PLC0415

@@ -83,19 +83,15 @@ def fed_server(  # noqa: PLR0913
 
 
 def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given: dict[str, Any]) -> Any:
-    from click.core import ParameterSource
-
+    from wsiseg.cli._console import given as user_gave
+    from wsiseg.cli._console import merged_model_args
     from wsiseg.config import load_toml
     from wsiseg.federated.config import FedConfig
 
     base = load_toml(config) if config else {}
     keys = ["rounds", "local_epochs", "local_steps", "fraction", "model", "batch_size", "lr", "dp", "sigma", "clip",
             "delta", "target_epsilon", "seed"]  # fmt: skip
-    explicit = {k: given[k] for k in keys if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)}
-    model_args = {**base.get("model_args", {})}
-    if given["norm"]:
-        model_args["norm"] = given["norm"]
-    if given["img_size"]:
-        model_args["img_size"] = given["img_size"]
+    explicit = {k: given[k] for k in keys if user_gave(ctx, k)}
+    model_args = merged_model_args(base, given["norm"], given["img_size"])
     merged = {**base, **explicit, "model_args": model_args, "clients": len(sites), "data": (), "client_dirs": ()}
     return FedConfig.from_dict(merged)

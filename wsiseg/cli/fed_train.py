@@ -54,7 +54,7 @@ def fed_train(  # noqa: PLR0913
     dry_run: Annotated[bool, typer.Option(help="Print the privacy plan and exit without training.")] = False,
 ) -> None:
     """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits."""
-    from wsiseg.cli._console import console, given
+    from wsiseg.cli._console import console, given, merged_model_args
     from wsiseg.config import load_toml
     from wsiseg.federated.config import FedConfig
     from wsiseg.federated.rounds import run_federated
@@ -64,11 +64,6 @@ def fed_train(  # noqa: PLR0913
                                    if k not in ("resolved_sigma", "noise_seed")})  # fmt: skip
     else:
         base = load_toml(config) if config else {}
-        model_args: dict[str, Any] = {}
-        if norm:
-            model_args["norm"] = norm
-        if img_size:
-            model_args["img_size"] = img_size
         flags = {
             "data": tuple(str(p) for p in data or ()), "client_dirs": tuple(str(p) for p in client_dirs or ()),
             "clients": clients, "partition": partition, "alpha": alpha, "rounds": rounds,
@@ -78,9 +73,7 @@ def fed_train(  # noqa: PLR0913
             "eval_every": eval_every, "workers": workers, "device": device,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
-        if model_args:
-            explicit["model_args"] = {**base.get("model_args", {}), **model_args}
-        cfg = FedConfig.from_dict({**base, **explicit})
+        cfg = FedConfig.from_dict({**base, **explicit, "model_args": merged_model_args(base, norm, img_size)})
     if dry_run:
         _print_plan(cfg)
         return

@@ -35,7 +35,7 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Run folder to continue.")] = None,
 ) -> None:
     """Train one model on tiles (default ./tiles), evaluating on held-out slides after each epoch."""
-    from wsiseg.cli._console import console, given, make_progress
+    from wsiseg.cli._console import console, given, make_progress, merged_model_args
     from wsiseg.config import load_toml
     from wsiseg.train.trainer import TrainConfig, load_run_config, run_training
 
@@ -43,21 +43,14 @@ def train(
         cfg = load_run_config(resume)
     else:
         base = load_toml(config) if config else {}
-        model_args: dict[str, object] = {}
-        if norm:
-            model_args["norm"] = norm
-        if img_size:
-            model_args["img_size"] = img_size
         flags = {
             "data": tuple(str(p) for p in data) if data else base.get("data", ("tiles",)), "model": model,
-            "model_args": model_args, "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
+            "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
             "lr": lr, "augment": augment, "test_fraction": test_fraction, "folds": folds, "fold": fold,
             "seed": seed, "workers": workers, "device": device, "max_steps_per_epoch": max_steps_per_epoch,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
-        if model_args:
-            explicit["model_args"] = {**base.get("model_args", {}), **model_args}
-        cfg = TrainConfig.from_dict({**base, **explicit})
+        cfg = TrainConfig.from_dict({**base, **explicit, "model_args": merged_model_args(base, norm, img_size)})
     with make_progress("img") as bar:
         task = bar.add_task(f"train {cfg.model}", total=cfg.epochs, rate="")
 
