@@ -195,6 +195,15 @@ def _read_tiff(path: Path, level: int) -> LabelMask:
     )
 
 
+def _existing_mask(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, or ``DataError`` naming it when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        msg = f"label mask {path} does not exist; check the path"
+        raise DataError(msg)
+    return path
+
+
 def read_label_mask(path: str | os.PathLike[str], *, level: int = 0) -> LabelMask:
     """Load a label mask from a TIFF (one pyramid level) or a PNG.
 
@@ -209,10 +218,7 @@ def read_label_mask(path: str | os.PathLike[str], *, level: int = 0) -> LabelMas
     Raises:
         DataError: If the file is missing, unreadable, not a single-channel mask, or the level is absent.
     """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"label mask {path} does not exist; check the path"
-        raise DataError(msg)
+    path = _existing_mask(path)
     try:
         if path.suffix.lower() in {".tif", ".tiff"}:
             return _read_tiff(path, level)
@@ -232,10 +238,7 @@ def mask_level_shapes(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
     Raises:
         DataError: If the file is missing or unreadable.
     """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"label mask {path} does not exist; check the path"
-        raise DataError(msg)
+    path = _existing_mask(path)
     try:
         if path.suffix.lower() in {".tif", ".tiff"}:
             with tifffile.TiffFile(path) as tif:
