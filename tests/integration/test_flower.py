@@ -107,21 +107,46 @@ def _federate(root: Path, certs: Path, cfg: FedConfig, tag: str, *, min_clients:
     return code, work, procs
 
 
+def _simulate_one_thread(cfg: FedConfig, runs_root: Path) -> Any:
+    """The in-process run with one torch thread, as the sites train: reductions then run in the same order."""
+    from wsiseg.federated.rounds import run_federated
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_federated(cfg, runs_root=runs_root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _kill_site2_after_round_one(killed: list[float]) -> Any:
+    """An ``on_started`` hook: stop site2 once round 1 is logged, and note when in ``killed``."""
+    from wsiseg.federated.flower import launch
+
+    def hook(procs: dict[str, Any], run_dir: Path) -> None:
+        def watch() -> None:
+            log = run_dir / "flower_rounds.csv"
+            end = time.monotonic() + 400
+            while time.monotonic() < end:
+                if log.is_file() and len(log.read_text().splitlines()) >= 2:
+                    launch.stop(procs["site2"])
+                    killed.append(time.monotonic())
+                    return
+                time.sleep(0.2)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    return hook
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_flower_tls_auth_matches_simulation(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsiseg.federated.rounds import run_federated
-
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = _cfg(cohort)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the sites train with one thread; reductions then run in the same order
-    try:
-        t0 = time.perf_counter()
-        sim = run_federated(cfg, runs_root=tmp_path / "sim")
-        sim_seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    sim = _simulate_one_thread(cfg, tmp_path / "sim")
+    sim_seconds = time.perf_counter() - t0
     certs = _certs(tmp_path / "certs", [*SITES, "intruder"])
     t0 = time.perf_counter()
     code, work, procs = _federate(cohort, certs, cfg, "tls", min_clients=3, round_timeout=240, extra=["intruder"])
@@ -155,27 +180,11 @@ def _init_weights(cfg: FedConfig) -> dict[str, torch.Tensor]:
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_flower_run_survives_a_killed_site(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from wsiseg.federated.flower import launch
-
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     certs = _certs(tmp_path / "certs", SITES)
     killed: list[float] = []
-
-    def kill_after_round_one(procs: dict[str, Any], run_dir: Path) -> None:
-        def watch() -> None:
-            log = run_dir / "flower_rounds.csv"
-            end = time.monotonic() + 400
-            while time.monotonic() < end:
-                if log.is_file() and len(log.read_text().splitlines()) >= 2:
-                    launch.stop(procs["site2"])
-                    killed.append(time.monotonic())
-                    return
-                time.sleep(0.2)
-
-        threading.Thread(target=watch, daemon=True).start()
-
     code, work, _ = _federate(cohort, certs, _cfg(cohort), "drop", min_clients=2, round_timeout=60,
-                                  on_started=kill_after_round_one)  # fmt: skip
+                              on_started=_kill_site2_after_round_one(killed))  # fmt: skip
     assert killed, "round 1 never finished"
     assert code == 0, (work / "run" / "flower" / "flwr-run.log").read_text(errors="replace")[-3000:]
     rows = list(csv.DictReader((work / "run" / "flower_rounds.csv").open()))
@@ -271,33 +280,12 @@ def test_flower_resume_after_a_short_round_with_the_site_back(
 ) -> None:
     """A round that stays short stops the server; the site comes back, --resume completes the run, and the
     final model equals the uninterrupted simulation's (the resent round replays the same noise)."""
-    from wsiseg.federated.flower import launch
-    from wsiseg.federated.rounds import run_federated
-
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     cfg = _cfg(cohort)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        sim = run_federated(cfg, runs_root=tmp_path / "sim")
-    finally:
-        torch.set_num_threads(threads)
+    sim = _simulate_one_thread(cfg, tmp_path / "sim")
     certs = _certs(tmp_path / "certs", SITES)
-
-    def kill_after_round_one(procs: dict[str, Any], run_dir: Path) -> None:
-        def watch() -> None:
-            log = run_dir / "flower_rounds.csv"
-            end = time.monotonic() + 400
-            while time.monotonic() < end:
-                if log.is_file() and len(log.read_text().splitlines()) >= 2:
-                    launch.stop(procs["site2"])
-                    return
-                time.sleep(0.2)
-
-        threading.Thread(target=watch, daemon=True).start()
-
     code, work, _ = _federate(cohort, certs, cfg, "resume", min_clients=3, round_timeout=45,
-                              on_started=kill_after_round_one)  # fmt: skip
+                              on_started=_kill_site2_after_round_one([]))  # fmt: skip
     assert code != 0  # round 2 could not reach --min-clients 3
     assert not (work / "run" / "checkpoints" / "final.json").exists()
     code, work, _ = _federate(cohort, certs, cfg, "resume", min_clients=3, round_timeout=240, resume=True)
