@@ -10,9 +10,10 @@ from PIL import Image
 
 from wsiseg.classes import DEFAULT_CLASSES
 from wsiseg.errors import DataError
-from wsiseg.export.maskio import atomic_output, read_label_mask
+from wsiseg.export.maskio import read_label_mask
 from wsiseg.export.pyramid import reduce_rows
 from wsiseg.export.sinks import write_label_pyramid
+from wsiseg.fileio import atomic_output
 
 
 def _mask() -> np.ndarray:

@@ -29,7 +29,7 @@ from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
-from wsiseg.export.maskio import atomic_output
+from wsiseg.fileio import atomic_output
 
 __all__ = ["WSISEG_NAMESPACE", "mask_to_features", "write_geojson"]
 

@@ -4,18 +4,15 @@
 one pyramid level, its microns per pixel from the TIFF resolution tags, and the class table and level-0
 downsample from the JSON metadata when present (level-0 ImageDescription, the OME ``Description``, or the
 ``<stem>.json`` sidecar written by ``wsiseg.export.tiff``). Masks written with a ``label_offset`` are
-turned back into class ids, with unanalysed pixels as background (0). ``atomic_output`` is the temp-file +
-``os.replace`` pattern every exporter uses, so a crash never leaves a half-written file under the final name.
+turned back into class ids, with unanalysed pixels as background (0).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +24,7 @@ from PIL import Image
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
 
-__all__ = ["LabelMask", "atomic_output", "mask_level_shapes", "read_label_mask"]
+__all__ = ["LabelMask", "mask_level_shapes", "read_label_mask"]
 
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 _DOWNSAMPLE_KEYS = ("downsample_to_level0", "scale_to_level0", "downsample")
@@ -48,41 +45,6 @@ class LabelMask:
     mpp: float | None
     downsample_to_level0: float | None
     classes: ClassTable | None
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path`` with ``os.replace``.
-
-    Args:
-        path: Final destination; its folder must exist.
-
-    Yields:
-        The temporary file path to write to (same folder, so the replace is atomic).
-
-    Raises:
-        DataError: If the destination folder does not exist.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        msg = f"cannot write {path}: folder {path.parent} does not exist; create it first"
-        raise DataError(msg)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        tmp.chmod(_default_mode())  # mkstemp makes 0600; outputs get the usual umask-based mode
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _default_mode() -> int:
-    """``0o666`` minus the process umask (what ``open(path, "w")`` would give)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def _page_mpp(page: tifffile.TiffPage) -> float | None:

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
-from wsiseg.export.maskio import atomic_output
+from wsiseg.fileio import atomic_output
 
 __all__ = ["render_overlay", "write_overlay_png", "write_overlay_pyramid_tiff"]
 

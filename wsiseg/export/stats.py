@@ -25,7 +25,7 @@ import numpy as np
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
-from wsiseg.export.maskio import atomic_output
+from wsiseg.fileio import atomic_output
 
 __all__ = ["AreaRow", "class_areas", "write_areas_csv"]
 

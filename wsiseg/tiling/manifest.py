@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from wsiseg import __version__
 from wsiseg.classes import DEFAULT_CLASSES, ClassTable
 from wsiseg.errors import DataError
+from wsiseg.fileio import atomic_output, atomic_write_text
 from wsiseg.tiling.geometry import TilingConfig
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "Manifest",
     "SlideEntry",
     "TileRecord",
-    "atomic_write_text",
     "load_manifest",
     "read_tiles_csv",
     "write_manifest",
@@ -109,18 +108,10 @@ class Manifest:
         return bool(self.records) and all(r.mask for r in self.records)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_tiles_csv(path: Path, records: list[TileRecord]) -> None:
     """Write tile records as CSV (atomic)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     names = [f.name for f in fields(TileRecord)]
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(names)
         for rec in records:
@@ -128,7 +119,6 @@ def write_tiles_csv(path: Path, records: list[TileRecord]) -> None:
             row["mpp"] = "" if rec.mpp is None else f"{rec.mpp:.6g}"
             row["tissue"] = f"{rec.tissue:.4f}"
             writer.writerow([row[n] for n in names])
-    os.replace(tmp, path)
 
 
 def read_tiles_csv(path: Path) -> list[TileRecord]:

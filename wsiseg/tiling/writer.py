@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wsiseg.errors import TilingError
+from wsiseg.fileio import atomic_write_text
 from wsiseg.slide import Slide, open_slide
 from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
-from wsiseg.tiling.manifest import SlideEntry, TileRecord, atomic_write_text, write_tiles_csv
+from wsiseg.tiling.manifest import SlideEntry, TileRecord, write_tiles_csv
 from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
 from wsiseg.tiling.window import read_window
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from wsiseg.config import to_toml
+from wsiseg.fileio import atomic_output, atomic_write_text
 
 __all__ = ["CsvLog", "latest_run", "new_run_dir", "plot_curves", "write_config"]
 
@@ -36,11 +36,7 @@ def latest_run(root: Path, checkpoint: str = "final") -> Path | None:
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
     """Write the resolved config as ``config.toml`` (atomic)."""
-    path = run_dir / "config.toml"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_toml(config), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(run_dir / "config.toml", to_toml(config))
 
 
 class CsvLog:
@@ -61,12 +57,10 @@ class CsvLog:
                 self._rewrite(rows)
 
     def _rewrite(self, rows: Sequence[dict[str, Any]]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
+        with atomic_output(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.fields or [])
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one row (floats written with 6 significant digits)."""
@@ -107,7 +101,6 @@ def plot_curves(path: Path, rows: list[dict[str, str]], x: str, panels: list[tup
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

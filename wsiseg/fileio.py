@@ -1,0 +1,59 @@
+"""Atomic file output: write to a temporary name in the same folder, then ``os.replace`` it into place.
+
+Every writer in wsiseg (manifests, run logs, exports) goes through :func:`atomic_output`, so a crash never
+leaves a half-written file under the final name, and a failed write leaves no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from wsiseg.errors import DataError
+
+__all__ = ["atomic_output", "atomic_write_text"]
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path`` with ``os.replace``.
+
+    Args:
+        path: Final destination; its folder must exist.
+
+    Yields:
+        The temporary file path to write to (same folder, so the replace is atomic).
+
+    Raises:
+        DataError: If the destination folder does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        msg = f"cannot write {path}: folder {path.parent} does not exist; create it first"
+        raise DataError(msg)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        tmp.chmod(_default_mode())  # mkstemp makes 0600; outputs get the usual umask-based mode
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _default_mode() -> int:
+    """``0o666`` minus the process umask (what ``open(path, "w")`` would give)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
