@@ -14,15 +14,16 @@ from pathlib import Path
 
 from wsiseg.errors import DataError
 
-__all__ = ["atomic_output", "atomic_write_text"]
+__all__ = ["atomic_output", "atomic_write_text", "default_mode", "private_dir"]
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], *, private: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path`` with ``os.replace``.
 
     Args:
         path: Final destination; its folder must exist.
+        private: Keep the file owner-only (0600), for state that must not be shared.
 
     Yields:
         The temporary file path to write to (same folder, so the replace is atomic).
@@ -39,21 +40,29 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        tmp.chmod(_default_mode())  # mkstemp makes 0600; outputs get the usual umask-based mode
+        tmp.chmod(0o600 if private else default_mode())  # mkstemp makes 0600; outputs get the umask-based mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _default_mode() -> int:
+def default_mode() -> int:
     """``0o666`` minus the process umask (what ``open(path, "w")`` would give)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
-    with atomic_output(path) as tmp:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, private: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (owner-only with ``private``); return the path."""
+    with atomic_output(path, private=private) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) if needed and make it owner-only (0700); return it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path

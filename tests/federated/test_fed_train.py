@@ -37,7 +37,7 @@ def test_plain_fl_learns_above_chance(tiles64: Path, tmp_path: Path) -> None:
     assert (res.run_dir / "curves.png").is_file()
     card = json.loads((res.run_dir / "checkpoints" / "final.json").read_text())
     assert card["privacy"]["dp"] == "none"
-    assert [c["name"] for c in card["clients"]] == ["client0", "client1"]
+    assert card["roster"] == ["client0", "client1"]
 
 
 def test_central_dp_ledger_and_logs(tiles64: Path, tmp_path: Path) -> None:
@@ -52,9 +52,12 @@ def test_central_dp_ledger_and_logs(tiles64: Path, tmp_path: Path) -> None:
     assert res.epsilon is not None
     assert res.epsilon > float(first["epsilon_pld"])
     card = json.loads((res.run_dir / "checkpoints" / "final.json").read_text())
-    assert card["privacy"]["noise_seed"] == {"source": "user-seed", "seed": 3}
+    assert card["privacy"]["noise_source"] == "os-entropy"  # --seed 3 never seeds the noise
+    assert "seed" not in card["fed_config"]
     assert card["model"]["args"]["norm"] == "groupnorm"
     assert "resume" not in card  # the noise generator state never leaves checkpoints/last
+    last = json.loads((res.run_dir / "checkpoints" / "last.json").read_text())
+    assert last["resume"]["train_seed"] == 3
 
 
 def test_local_dp_accounts_without_amplification(tiles64: Path, tmp_path: Path) -> None:
@@ -64,7 +67,7 @@ def test_local_dp_accounts_without_amplification(tiles64: Path, tmp_path: Path) 
 
 
 def test_resume_after_interruption_matches(tiles64: Path, tmp_path: Path) -> None:
-    cfg = _cfg(tiles64, dp="central", sigma=0.5, clip=0.5, rounds=3, eval_every=3)
+    cfg = _cfg(tiles64, dp="central", sigma=0.5, clip=0.5, rounds=3, eval_every=3, noise_seed=3)
     full = run_federated(cfg, runs_root=tmp_path / "a")
     part = run_federated(cfg, runs_root=tmp_path / "b", stop_after=1)
     assert not (part.run_dir / "checkpoints" / "final.json").exists()

@@ -17,7 +17,8 @@ from wsiseg.train.checkpoint import load_checkpoint
 
 def _args(tiles: Path, runs: Path) -> list[str]:
     return [sys.executable, "-m", "wsiseg", "fed-train", "--data", str(tiles), "--clients", "2", "--partition",
-            "by-site", "--rounds", "4", "--local-steps", "3", "--batch-size", "8", "--seed", "3", "--model",
+            "by-site", "--rounds", "4", "--local-steps", "3", "--batch-size", "8", "--seed", "3", "--noise-seed", "5",
+            "--model",
             "dhunet_tiny", "--img-size", "64", "--dp", "central", "--sigma", "0.5", "--eval-every", "4",
             "--runs", str(runs)]  # fmt: skip
 

@@ -55,7 +55,7 @@ def _tile_mode(model: Path, data: list[Path], split: str, batch_size: int, devic
     source = load_sources(data)
     if split == "test":
         held = list(ckpt.card.get("split", {}).get("test", []))
-        held += [s for c in ckpt.card.get("clients", []) for s in c.get("heldout_slides", [])]
+        held += [s for c in _fed_split(Path(model)).get("clients", []) for s in c.get("heldout_slides", [])]
         if not held:
             msg = f"{model}: the checkpoint records no held-out slides; use --split all"
             raise ConfigError(msg)
@@ -65,6 +65,15 @@ def _tile_mode(model: Path, data: list[Path], split: str, batch_size: int, devic
         raise ConfigError(msg)
     loader = DataLoader(TileDataset(source), batch_size=batch_size, num_workers=min(2, os.cpu_count() or 1))
     return run_eval(net, loader, source.classes.names, device=dev)
+
+
+def _fed_split(model: Path) -> dict[str, Any]:
+    """A federated run's private ``split.json`` (slide ids never go into the shareable card), if present."""
+    folder = model if model.is_dir() else model.parent
+    for path in (folder / "split.json", folder.parent / "split.json"):
+        if path.is_file():
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+    return {}
 
 
 def _slide_mode(masks: list[Path], truth: list[Path], slides: list[Path], palette: str) -> Any:

@@ -26,12 +26,24 @@ def fed_client(  # noqa: PLR0913
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's own API (127.0.0.1 only).")] = 9094,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     require_dp: Annotated[str, typer.Option(help="Refuse rounds weaker than: none, central or local.")] = "none",
+    min_sigma: Annotated[
+        float, typer.Option(help="Refuse DP rounds whose noise multiplier is below this (the site's floor; > 0).")
+    ] = 0.5,
+    max_clip: Annotated[float | None, typer.Option(help="Refuse DP rounds whose clip norm C is above this.")] = None,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed this site's local-DP noise (reproductions only: whoever learns it removes the noise)."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for local training.")] = None,
     retry_seconds: Annotated[
         float, typer.Option(help="Restart the SuperNode this long after it exits (0: stop).")
     ] = 15.0,
 ) -> None:
-    """Serve this site's data to a federation: trains locally; only the DP-processed update leaves the site."""
+    """Serve this site's data to a federation: trains locally; only the DP-processed update leaves the site.
+
+    The site owns its privacy: its noise comes from its own entropy, it refuses rounds below --require-dp,
+    below --min-sigma or above --max-clip, and it never answers one round twice with different content.
+    """
     import time
 
     from wsiseg.cli._console import console
@@ -42,6 +54,14 @@ def fed_client(  # noqa: PLR0913
     if require_dp not in ("none", "central", "local"):
         msg = f"--require-dp must be none, central or local, got {require_dp!r}"
         raise ConfigError(msg)
+    if not min_sigma > 0 or (max_clip is not None and not max_clip > 0):
+        msg = f"--min-sigma and --max-clip must be > 0, got {min_sigma} and {max_clip}"
+        raise ConfigError(msg)
+    if noise_seed is not None:
+        console.print(
+            "[bold red]WARNING:[/] --noise-seed: this site's noise is reproducible from the seed; anyone "
+            "who learns or guesses it can subtract the noise. Use it for tests and reproductions only."
+        )
     host = server.rsplit(":", 1)[0]
     if insecure:
         launch.check_insecure(host, insecure=True)
@@ -56,7 +76,7 @@ def fed_client(  # noqa: PLR0913
     name = site or (certs.resolve().name if certs else data.resolve().name)
     opts = SiteOptions(data=data, site=name, server=server, state_dir=state_dir or Path(".wsiseg-site") / name,
                        ca_cert=ca_path, node_key=key_path, port=port, device=device, require_dp=require_dp,
-                       threads=threads)  # fmt: skip
+                       threads=threads, min_sigma=min_sigma, max_clip=max_clip, noise_seed=noise_seed)  # fmt: skip
     console.print(f"site {name}: connecting to {server}; log {opts.state_dir / 'supernode.log'}", highlight=False)
     while True:
         proc = start_site(opts)

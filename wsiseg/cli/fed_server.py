@@ -34,7 +34,12 @@ def fed_server(  # noqa: PLR0913
     clip: Annotated[float, typer.Option(help="Clip norm C of each site update.")] = 0.5,
     delta: Annotated[float, typer.Option(help="Delta of the (epsilon, delta) guarantee.")] = 1e-5,
     target_epsilon: Annotated[float | None, typer.Option(help="Calibrate sigma; stop before exceeding.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed everything, DP noise included.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed initialisation and data order (never DP noise or client sampling).")
+    ] = None,
+    noise_seed: Annotated[
+        int | None, typer.Option(help="Seed the server's DP noise and sampling: reproductions only.")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with fed-train settings.")] = None,
     runs: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
     resume: Annotated[Path | None, typer.Option(help="Run folder to continue from its last round.")] = None,
@@ -42,10 +47,13 @@ def fed_server(  # noqa: PLR0913
     port: Annotated[int, typer.Option(help="The SuperLink's one port (sites connect here).")] = 9092,
     certs: Annotated[Path | None, typer.Option(help="Server folder from `wsiseg fed-certs`.")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS, no node authentication: loopback testing only.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the privacy plan and exit without starting anything.")] = False,
 ) -> None:
     """Coordinate a federation across institutions: same rounds, DP and accountant as fed-train."""
     from wsiseg.cli._console import console
+    from wsiseg.cli._privacy import print_plan
     from wsiseg.errors import ConfigError
+    from wsiseg.federated.config import FedConfig
     from wsiseg.federated.flower import launch
     from wsiseg.federated.flower.federation import run_server
     from wsiseg.federated.flower.server_loop import ServerSpec
@@ -55,16 +63,22 @@ def fed_server(  # noqa: PLR0913
         old = json.loads((resume / "server-spec.json").read_text(encoding="utf-8"))
         spec = ServerSpec(**{**old, "resume": True, "min_clients": min_clients, "round_timeout": round_timeout,
                              "wait_timeout": wait_timeout, "round_retries": round_retries})  # fmt: skip
+        print_plan(FedConfig.from_dict(spec.fed_config), brief=not dry_run)
     else:
         if not sites or len(sites) < 2:
             msg = "give every site with --site NAME (at least two), in a fixed order: it sets each site's seeds"
             raise ConfigError(msg)
         cfg = _fed_config(ctx, config, sites, locals())
-        run_dir = new_run_dir(runs, f"fed-{cfg.model}-{cfg.dp}-flower")
+        print_plan(cfg, brief=not dry_run)  # the same plan, warnings and refusals as fed-train
+        if dry_run:
+            return
+        run_dir = new_run_dir(runs, f"fed-{cfg.model}-{cfg.dp}-flower", private=True)
         spec = ServerSpec(
             fed_config=cfg.to_dict(), sites=list(sites), run_dir=str(run_dir), min_clients=min_clients,
             round_timeout=round_timeout, wait_timeout=wait_timeout, round_retries=round_retries,
         )  # fmt: skip
+    if dry_run:
+        return
     if insecure:
         launch.check_insecure(host, insecure=True)
         console.print("[bold yellow]WARNING:[/] --insecure: no TLS and no SuperNode authentication (loopback only)")
@@ -90,7 +104,7 @@ def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given
 
     base = load_toml(config) if config else {}
     keys = ["rounds", "local_epochs", "local_steps", "fraction", "model", "batch_size", "lr", "dp", "sigma", "clip",
-            "delta", "target_epsilon", "seed"]  # fmt: skip
+            "delta", "target_epsilon", "seed", "noise_seed"]  # fmt: skip
     explicit = {k: given[k] for k in keys if user_gave(ctx, k)}
     model_args = merged_model_args(base, given["norm"], given["img_size"])
     merged = {**base, **explicit, "model_args": model_args, "clients": len(sites), "data": (), "client_dirs": ()}

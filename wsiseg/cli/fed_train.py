@@ -43,7 +43,12 @@ def fed_train(  # noqa: PLR0913
         float | None, typer.Option(help="Calibrate sigma to this epsilon and stop before exceeding it.")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option(help="Seed everything, DP noise included (default: noise from OS entropy).")
+        int | None,
+        typer.Option(help="Seed initialisation, data split and order (never DP noise or client sampling)."),
+    ] = None,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed DP noise and client sampling too: reproductions only (no amplification claimed)."),
     ] = None,
     eval_every: Annotated[int, typer.Option(help="Evaluate the global model every N rounds.")] = 1,
     workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
@@ -55,13 +60,14 @@ def fed_train(  # noqa: PLR0913
 ) -> None:
     """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits."""
     from wsiseg.cli._console import console, given, merged_model_args
+    from wsiseg.cli._privacy import print_plan
     from wsiseg.config import load_toml
     from wsiseg.federated.config import FedConfig
     from wsiseg.federated.rounds import run_federated
 
     if resume is not None:
         cfg = FedConfig.from_dict({k: v for k, v in load_toml(resume / "config.toml").items()
-                                   if k not in ("resolved_sigma", "noise_seed")})  # fmt: skip
+                                   if k != "resolved_sigma"})  # fmt: skip
     else:
         base = load_toml(config) if config else {}
         flags = {
@@ -70,48 +76,18 @@ def fed_train(  # noqa: PLR0913
             "local_epochs": local_epochs, "local_steps": local_steps, "fraction": fraction, "model": model,
             "pretrained": pretrained, "batch_size": batch_size, "lr": lr, "dp": dp, "sigma": sigma, "clip": clip,
             "clip_scope": clip_scope, "delta": delta, "target_epsilon": target_epsilon, "seed": seed,
+            "noise_seed": noise_seed,
             "eval_every": eval_every, "workers": workers, "device": device,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
         cfg = FedConfig.from_dict({**base, **explicit, "model_args": merged_model_args(base, norm, img_size)})
     if dry_run:
-        _print_plan(cfg)
+        print_plan(cfg)
         return
-    _print_plan(cfg, brief=True)
+    print_plan(cfg, brief=True)
     result = run_federated(cfg, runs_root=runs, resume_dir=resume, on_round=_printer(cfg))
     _finish(result, cfg)
     console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False)
-
-
-def _print_plan(cfg: Any, *, brief: bool = False) -> None:
-    """Noise scale and epsilon at round 1, every 10th round and the last."""
-    from rich.table import Table
-
-    from wsiseg.cli._console import console
-    from wsiseg.federated.privacy_plan import plan_rows
-
-    if cfg.dp == "none":
-        console.print("[bold yellow]--dp none:[/] plain FedAvg, no differential privacy (epsilon is infinite).")
-        return
-    info = plan_rows(cfg, with_params=not brief)
-    console.print(
-        f"privacy: --dp {cfg.dp}, sigma {info['sigma']:.4g}, C {cfg.clip}, noise std on the sum {info['std_sum']:.4g}, "
-        f"on the mean {info['std_mean']:.4g}, client sampling q {info['q']:.3g}, delta {cfg.delta:g}, "
-        "client-level unit (one site's whole data)",
-        highlight=False,
-    )
-    if not brief:
-        table = Table(title="Privacy plan (dp_accounting: PLD headline, RDP cross-check)")
-        cols = ["round", "epsilon_pld", "epsilon_rdp", "noise_std_sum", "noise_std_mean"]
-        if "noise_norm_mean" in info["rows"][0]:
-            cols.append("noise_norm_mean")
-        for col in cols:
-            table.add_column(col)
-        for row in info["rows"]:
-            table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
-        console.print(table)
-    if info["warning"]:
-        console.print(f"[bold red]WARNING:[/] {info['warning']}", highlight=False)
 
 
 def _printer(cfg: Any) -> Any:

@@ -9,11 +9,14 @@ from typing import Any
 from wsiseg.config import checked_kwargs
 from wsiseg.errors import ConfigError
 
-__all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "FedConfig"]
+__all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "PRIVATE_CONFIG_KEYS", "FedConfig"]
 
-#: Seed of model init and data order when the user gives none (the official DHUnet seed). DP noise never
-#: uses it: without ``--seed`` the noise comes from OS entropy.
+#: Seed of model init and data order when the user gives none (the official DHUnet seed). DP noise and client
+#: sampling never use it (nor ``--seed``): they come from OS entropy unless ``--noise-seed`` is given.
 DEFAULT_TRAIN_SEED = 301
+
+#: Settings kept out of every shareable file: seeds (``noise_seed`` regenerates the noise) and local paths.
+PRIVATE_CONFIG_KEYS = ("seed", "noise_seed", "data", "client_dirs", "pretrained")
 
 #: Noise multiplier when neither ``--sigma`` nor ``--target-epsilon`` is given.
 DEFAULT_SIGMA = 1.0
@@ -49,6 +52,7 @@ class FedConfig:
     delta: float = 1e-5
     target_epsilon: float | None = None
     seed: int | None = None
+    noise_seed: int | None = None
     eval_every: int = 1
     client_eval: bool = False
     workers: int = 0
@@ -69,6 +73,7 @@ class FedConfig:
             (self.partition in ("iid", "dirichlet", "by-site"), f"unknown --partition {self.partition!r}"),
             (self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon must be > 0"),
             (self.dp != "none" or self.target_epsilon is None, "--target-epsilon needs --dp central or local"),
+            (self.noise_seed is None or self.noise_seed >= 0, "--noise-seed must be a non-negative integer"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -86,8 +91,26 @@ class FedConfig:
 
     @property
     def train_seed(self) -> int:
-        """Seed of init, partition and data order."""
+        """Seed of init, partition and data order (never of DP noise or client sampling)."""
         return DEFAULT_TRAIN_SEED if self.seed is None else self.seed
+
+    @property
+    def sensitivity(self) -> float:
+        """L2 sensitivity of one round's release in units of ``C``, under the relation each mode states.
+
+        ``central``: zero-out with a public roster (one client's clipped update replaced by nothing moves the
+        sum by at most ``C``). ``local``: replace-one against the server (two datasets of one client move its
+        clipped update by up to ``2C``).
+        """
+        return 2.0 if self.dp == "local" else 1.0
+
+    def client_noise_seed(self, index: int) -> int | None:
+        """Noise seed of simulated client ``index`` (None: OS entropy), derived from ``--noise-seed``."""
+        return None if self.noise_seed is None else self.noise_seed * 1009 + 1 + index
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings that may go into shareable files: :meth:`to_dict` minus :data:`PRIVATE_CONFIG_KEYS`."""
+        return {k: v for k, v in self.to_dict().items() if k not in PRIVATE_CONFIG_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
         """TOML/JSON-ready dict."""

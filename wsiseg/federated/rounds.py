@@ -3,7 +3,8 @@
 Every round: sample clients (Poisson with rate ``fraction``), train each locally from the global weights,
 apply the DP mode (clip, noise), aggregate, record the privacy ledger, evaluate, and checkpoint atomically.
 ``--resume`` restarts from the last completed round with the same RNG states, so an interrupted run ends at
-the same weights as an uninterrupted one; the ledger keeps every round ever released. The server half lives
+the same weights as an uninterrupted one; the ledger keeps every round ever released. The run folder is
+owner-only: only ``checkpoints/final.*`` is meant to be shared (see ``ServerState.card``). The server half lives
 in ``wsiseg.federated.server`` and is shared with the Flower ServerApp.
 """
 
@@ -22,12 +23,12 @@ from torch.utils.data import DataLoader
 
 from wsiseg.config import resolve_device
 from wsiseg.data.dataset import TileDataset
-from wsiseg.federated.clients import Client, LocalTraining, build_clients, check_dp_model, global_test, local_update
+from wsiseg.federated.clients import Client, LocalTraining, build_clients, global_test, local_update
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.server import RunLogs, ServerState, aggregate_round, calibrate_sigma, sample_clients
+from wsiseg.fileio import atomic_write_text
 from wsiseg.privacy.accounting import meaningful_warning
 from wsiseg.privacy.noise import make_generator
-from wsiseg.train.checkpoint import save_checkpoint
 from wsiseg.train.loop import OptimConfig, evaluate
 from wsiseg.train.runlog import new_run_dir, write_config
 
@@ -67,28 +68,27 @@ class _Run(ServerState):
             alpha=cfg.alpha, test_fraction=cfg.test_fraction, seed=cfg.train_seed,
         )  # fmt: skip
         super().__init__(cfg, run_dir, device, clients[0].train.classes, clients[0].train.config.to_dict(),
-                         len(clients))  # fmt: skip
-        check_dp_model(self.model, cfg.dp)
+                         [c.name for c in clients])  # fmt: skip
         self.clients = clients
-        self.client_rngs = [
-            make_generator(None if cfg.seed is None else cfg.seed * 1009 + 1 + i)[0] for i in range(len(clients))
-        ]
+        self.client_rngs = [make_generator(cfg.client_noise_seed(i))[0] for i in range(len(clients))]
         test = global_test(clients)
         self.test_loader = (
             DataLoader(TileDataset(test), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
             if test is not None else None
         )  # fmt: skip
 
-    def card(self) -> dict[str, Any]:
+    def split(self) -> dict[str, Any]:
+        """Which slides each client trains on and holds out (private: slide ids stay in the run folder)."""
         return {
-            "model": {"name": self.cfg.model, "args": {"num_classes": len(self.classes), **self.model_args}},
-            "classes": self.classes.to_list(),
-            "tiling": self.tiling,
-            "fed_config": self.cfg.to_dict(),
-            "clients": [{"name": c.name, "train_slides": c.train.slide_ids,
-                         "heldout_slides": c.heldout.slide_ids if c.heldout else []} for c in self.clients],
-            "privacy": self.privacy_summary(),
-        }  # fmt: skip
+            "clients": [
+                {
+                    "name": c.name,
+                    "train_slides": c.train.slide_ids,
+                    "heldout_slides": c.heldout.slide_ids if c.heldout else [],
+                }
+                for c in self.clients
+            ]
+        }
 
 
 def local_training(cfg: FedConfig, device: str) -> LocalTraining:
@@ -121,13 +121,15 @@ def run_federated(
         The run folder, rounds done, final epsilon and metrics.
     """
     device = resolve_device(cfg.device)
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(runs_root, f"fed-{cfg.model}-{cfg.dp}")
+    run_dir = (resume_dir if resume_dir is not None
+               else new_run_dir(runs_root, f"fed-{cfg.model}-{cfg.dp}", private=True))  # fmt: skip
     run = _Run(cfg, run_dir, device)
     if resume_dir is not None:
         run.restore(run.client_rngs)
     else:
         calibrate_sigma(run)
-        write_config(run_dir, {**cfg.to_dict(), "resolved_sigma": run.sigma, "noise_seed": run.noise_seed_info})
+        write_config(run_dir, {**cfg.to_dict(), "resolved_sigma": run.sigma}, private=True)
+        atomic_write_text(run_dir / "split.json", json.dumps(run.split(), indent=2), private=True)
     if on_start:
         on_start({"sigma": run.sigma, "clients": [c.name for c in run.clients], "start_round": run.start_round})
     logs = RunLogs(run_dir, run.start_round - 1)
@@ -161,17 +163,15 @@ def run_federated(
             dice = float(report.paper["dice"])
         loss = float(np.mean([r.loss for r in results])) if results else math.nan
         logs.write(rnd, run, results, agg.stats, loss, dice, eps, metrics, t_train, t_dp)
-        card = {**run.card(), "round": rnd, "metrics": metrics, "resume": run.resume_state(run.client_rngs)}
-        save_checkpoint(run_dir / "checkpoints" / "last", run.model, card)
+        run.save_last(rnd, run.client_rngs)
         last = rnd
         if on_round:
             on_round(RoundReport(rnd, [run.clients[i].name for i in picked], loss, dice, eps, agg.stats,
                                  time.perf_counter() - t0))  # fmt: skip
         if stop_after is not None and rnd >= stop_after:
             return FedResult(run_dir, rnd, eps, metrics, stopped_early=f"stopped after round {rnd} as asked")
-    final_card = {**run.card(), "round": last, "metrics": metrics}
-    save_checkpoint(run_dir / "checkpoints" / "final", run.model, final_card)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    run.save_final(last)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2), private=True)
     logs.plots()
     eps_final = run.privacy_summary().get("epsilon")
     return FedResult(run_dir, last, eps_final, metrics, stopped)

@@ -1,8 +1,10 @@
 """Server-side state and round helpers shared by the in-process simulation and the Flower ServerApp.
 
-``ServerState`` holds the global model, the client-sampling and noise generators, the privacy ledger and the
-resume state. The helpers sample clients (Poisson), aggregate a round through the strategy, fold the result
-into the global weights, and write the run logs. Both ``run_federated`` and the Flower server call them, so
+``ServerState`` holds the global model, the client sampler and noise generator, the privacy ledger and the
+resume state, and keeps what may be shared (the final card) apart from what must stay private (the resume
+state: seeds, generator states, the sampling key, per-round client counts). The helpers sample clients
+(Poisson), aggregate a round through the strategy, fold the result into the global weights, and write the
+run logs. Both ``run_federated`` and the Flower server call them, so
 the two paths run the same code.
 """
 
@@ -17,16 +19,18 @@ import torch
 
 from wsiseg.classes import ClassTable
 from wsiseg.federated.aggregate import apply_update
-from wsiseg.federated.clients import ClientResult, trainable_state
+from wsiseg.federated.clients import ClientResult, check_dp_model, trainable_state
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import DpFedAvg, FedAvg, RoundAggregate
 from wsiseg.models import args_for_tiles, create_model
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
-from wsiseg.train.checkpoint import load_checkpoint
+from wsiseg.privacy.sampling import ClientSampler
+from wsiseg.train.checkpoint import load_checkpoint, save_checkpoint
 from wsiseg.train.runlog import CsvLog, plot_curves
 
 __all__ = [
+    "SHAREABLE_CARD_KEYS",
     "RunLogs",
     "ServerState",
     "aggregate_round",
@@ -47,8 +51,19 @@ def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     rng.bit_generator.state = state
 
 
+#: Top-level keys of a shareable federated checkpoint card (``checkpoints/final.json``), as the README lists.
+SHAREABLE_CARD_KEYS = (
+    "format", "version", "versions", "model", "classes", "tiling", "fed_config", "privacy", "round", "roster",
+    "federation",
+)  # fmt: skip
+
+
 class ServerState:
     """The server half of a federated run: global model, generators, ledger, resume state.
+
+    What may be shared (:meth:`card`) and what must stay private (:meth:`resume_state`) are separate by
+    construction: seeds, generator states, the client-sampling key and the realised number of clients per
+    round exist only in the resume state, which is written owner-only into ``checkpoints/last``.
 
     Args:
         cfg: Settings.
@@ -56,24 +71,32 @@ class ServerState:
         device: Torch device of the global model.
         classes: Class table of the federation.
         tiling: Tiling settings shared by the sites (stored in the checkpoint card).
-        n_clients: Number of clients (sites) in the federation.
+        roster: The clients' (sites') names in index order: public, it fixes the denominator ``q * K``.
+        federation: Extra public facts for the card (the Flower engine, its sites).
+
+    Raises:
+        ConfigError: A model that keeps BatchNorm running statistics under DP.
     """
 
-    def __init__(
-        self, cfg: FedConfig, run_dir: Path, device: str, classes: ClassTable, tiling: dict[str, Any], n_clients: int
-    ) -> None:
+    def __init__(  # noqa: PLR0913
+        self, cfg: FedConfig, run_dir: Path, device: str, classes: ClassTable, tiling: dict[str, Any],
+        roster: list[str], federation: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
-        self.classes, self.tiling, self.n_clients = classes, tiling, n_clients
+        self.classes, self.tiling, self.roster = classes, tiling, list(roster)
+        self.n_clients, self.federation = len(roster), federation
         model_args = args_for_tiles(cfg.model, cfg.model_args, int(tiling["size"]))
         if cfg.dp != "none" and "norm" not in model_args:
             model_args["norm"] = "groupnorm"
         self.model_args = model_args
         torch.manual_seed(cfg.train_seed)
         self.model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
+        check_dp_model(self.model, cfg.dp)
         self.model.to(device)
         self.global_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.sample_rng = np.random.default_rng(np.random.SeedSequence([cfg.train_seed, 17]))
-        self.noise_rng, self.noise_seed_info = make_generator(cfg.seed)
+        seeded = cfg.noise_seed is not None
+        self.sampler = ClientSampler.seeded(cfg.noise_seed) if seeded else ClientSampler.secret()  # type: ignore[arg-type]
+        self.noise_rng, self.noise_seed_info = make_generator(cfg.noise_seed)
         self.ledger = PrivacyLedger(delta=cfg.delta) if cfg.dp != "none" else None
         self.sigma = cfg.noise_multiplier
         self.start_round = 1
@@ -82,15 +105,18 @@ class ServerState:
     def sample_rate(self) -> float:
         """Sampling rate used by the accountant.
 
-        Central mode: the server adds the noise, and Poisson sampling of clients amplifies privacy towards
-        anyone who sees the global model. Local mode: the server sees each noised update and knows who sent
-        it, so the per-client guarantee against the server gets no amplification (rate 1).
+        Central mode: the server adds the noise, and Poisson sampling of clients from a secret key amplifies
+        privacy towards anyone who sees the global model. With ``--noise-seed`` the schedule is reproducible,
+        hence predictable, and no amplification is claimed (rate 1). Local mode: the server sees each noised
+        update and knows who sent it, so the per-client guarantee against the server gets none either.
         """
-        return self.cfg.fraction if self.cfg.dp == "central" else 1.0
+        if self.cfg.dp == "central" and self.sampler.amplifies:
+            return self.cfg.fraction
+        return 1.0
 
     @property
     def expected_clients(self) -> float:
-        """Expected cohort size ``q * K`` (the central-DP denominator)."""
+        """Expected cohort size ``q * K`` (the central-DP denominator, fixed and public)."""
         return max(1e-9, self.cfg.fraction * self.n_clients)
 
     def strategy(self) -> FedAvg:
@@ -101,39 +127,73 @@ class ServerState:
                         scope=self.cfg.clip_scope)  # fmt: skip
 
     def privacy_summary(self) -> dict[str, Any]:
-        """What the checkpoint card says about privacy (epsilon, ledger, noise source)."""
+        """The shareable privacy facts: epsilon, the relation it holds for, the public ledger; no seeds or counts."""
         if self.ledger is None:
             return {"dp": "none", "epsilon": None, "note": "no differential privacy"}
         eps = self.ledger.epsilon() if self.ledger.entries else 0.0
+        local = self.cfg.dp == "local"
         return {
             "dp": self.cfg.dp, "noise_multiplier": self.sigma, "clip": self.cfg.clip, "delta": self.cfg.delta,
-            "sample_rate": self.sample_rate, "rounds_released": len(self.ledger.entries),
-            "epsilon": eps, "epsilon_rdp": self.ledger.epsilon(method="rdp") if self.ledger.entries else 0.0,
-            "accountant": "dp_accounting PLD (headline), RDP (cross-check); client-level, add/remove one client",
-            "unit": "one client (all of its slides)", "noise_seed": self.noise_seed_info,
-            "ledger": self.ledger.state_dict(),
+            "sample_rate": self.sample_rate, "client_fraction": self.cfg.fraction,
+            "amplification": self.sample_rate < 1.0, "sensitivity": self.cfg.sensitivity,
+            "neighbouring": ("replace-one: any two datasets of one client, against the server" if local else
+                             f"zero-out with the public roster of {self.n_clients} clients: one client's update "
+                             "replaced by nothing; the mean is divided by the public q*K"),
+            "rounds_released": len(self.ledger.entries), "epsilon": eps,
+            "epsilon_rdp": self.ledger.epsilon(method="rdp") if self.ledger.entries else 0.0,
+            "accountant": "dp_accounting PLD (headline), RDP (cross-check); client level",
+            "unit": "one client (all of its slides)",
+            "noise_source": "explicit --noise-seed (kept private)" if self.cfg.noise_seed is not None
+                            else "os-entropy",
+            "ledger": self.ledger.public_state_dict(),
         }  # fmt: skip
+
+    def card(self, rnd: int) -> dict[str, Any]:
+        """The shareable checkpoint card (keys :data:`SHAREABLE_CARD_KEYS`, less the ones the writer adds)."""
+        card = {
+            "model": {"name": self.cfg.model, "args": {"num_classes": len(self.classes), **self.model_args}},
+            "classes": self.classes.to_list(), "tiling": self.tiling, "fed_config": self.cfg.public_dict(),
+            "privacy": self.privacy_summary(), "round": rnd, "roster": self.roster,
+        }  # fmt: skip
+        if self.federation is not None:
+            card["federation"] = self.federation
+        return card
 
     def resume_state(self, client_rngs: list[np.random.Generator] | None = None) -> dict[str, Any]:
-        """Server-private state for --resume (includes the noise generator: never share checkpoints/last)."""
+        """Server-private state for --resume: generators, sampling key, seeds, full ledger. Never share it."""
         return {
-            "sample_rng": rng_state(self.sample_rng), "noise_rng": rng_state(self.noise_rng),
+            "sampler": self.sampler.state_dict(), "noise_rng": rng_state(self.noise_rng),
             "client_rngs": [rng_state(r) for r in client_rngs or []], "sigma": self.sigma,
+            "noise_seed": self.noise_seed_info, "train_seed": self.cfg.train_seed,
+            "ledger": self.ledger.state_dict() if self.ledger is not None else None,
         }  # fmt: skip
 
+    def save_last(self, rnd: int, client_rngs: list[np.random.Generator] | None = None) -> None:
+        """Write ``checkpoints/last`` (weights, card and resume state), owner-only."""
+        card = {**self.card(rnd), "resume": self.resume_state(client_rngs)}
+        save_checkpoint(self.run_dir / "checkpoints" / "last", self.model, card, private=True)
+
+    def save_final(self, rnd: int) -> None:
+        """Write the shareable ``checkpoints/final`` (weights and :meth:`card` only)."""
+        save_checkpoint(self.run_dir / "checkpoints" / "final", self.model, self.card(rnd))
+
     def restore(self, client_rngs: list[np.random.Generator] | None = None) -> dict[str, Any]:
-        """Load ``checkpoints/last``: weights, generators, ledger and the next round; returns its card."""
+        """Load ``checkpoints/last``: weights, generators, ledger and the next round; returns its card.
+
+        Raises:
+            PrivacyError: A resume state without a secret sampling key (written by an older wsiseg).
+        """
         ckpt = load_checkpoint(self.run_dir / "checkpoints" / "last")
         self.model.load_state_dict(ckpt.weights)
         self.global_weights = {k: v.detach().clone().to(self.device) for k, v in self.model.state_dict().items()}
         res = ckpt.card["resume"]
-        set_rng_state(self.sample_rng, res["sample_rng"])
+        self.sampler = ClientSampler.from_state(res.get("sampler"))  # type: ignore[arg-type]
         set_rng_state(self.noise_rng, res["noise_rng"])
         for rng, st in zip(client_rngs or [], res["client_rngs"], strict=True):
             set_rng_state(rng, st)
         self.sigma = float(res["sigma"])
         if self.ledger is not None:
-            self.ledger.load_state_dict(ckpt.card["privacy"]["ledger"])
+            self.ledger.load_state_dict(res["ledger"])
         self.start_round = int(ckpt.card["round"]) + 1
         return ckpt.card
 
@@ -153,14 +213,16 @@ class ServerState:
         if self.ledger is None:
             return None
         entry = self.ledger.record_round(round=rnd, noise_multiplier=self.sigma, sample_rate=self.sample_rate,
-                                         clip=self.cfg.clip, n_clients_released=n_released)  # fmt: skip
+                                         clip=self.cfg.clip, n_clients_released=n_released,
+                                         sensitivity=self.cfg.sensitivity)  # fmt: skip
         return entry.epsilon_pld
 
     def budget_stop(self, rnd: int) -> str:
         """A message if releasing round ``rnd`` would exceed ``--target-epsilon``, else ``""``."""
         if self.ledger is None or self.cfg.target_epsilon is None:
             return ""
-        projected = self.ledger.projected_epsilon(noise_multiplier=self.sigma, sample_rate=self.sample_rate)
+        projected = self.ledger.projected_epsilon(noise_multiplier=self.sigma, sample_rate=self.sample_rate,
+                                                  sensitivity=self.cfg.sensitivity)  # fmt: skip
         if projected > self.cfg.target_epsilon * (1 + 1e-9):
             return f"stopped before round {rnd}: epsilon would reach {projected:.3f} > {self.cfg.target_epsilon}"
         return ""
@@ -173,15 +235,15 @@ def calibrate_sigma(state: ServerState) -> None:
         return
     from wsiseg.privacy.calibrate import calibrate_noise_multiplier  # noqa: PLC0415
 
-    state.sigma = calibrate_noise_multiplier(target_epsilon=cfg.target_epsilon, delta=cfg.delta,  # type: ignore[arg-type]
-                                             rounds=cfg.rounds, sample_rate=state.sample_rate)  # fmt: skip
+    state.sigma = cfg.sensitivity * calibrate_noise_multiplier(
+        target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,  # type: ignore[arg-type]
+        sample_rate=state.sample_rate,
+    )  # fmt: skip
 
 
 def sample_clients(state: ServerState) -> list[int]:
-    """Poisson sampling: each client takes part with probability ``fraction`` (all when 1)."""
-    if state.cfg.fraction >= 1.0:
-        return list(range(state.n_clients))
-    return [i for i in range(state.n_clients) if state.sample_rng.random() < state.cfg.fraction]
+    """Poisson sampling from the server's keyed sampler: each client with probability ``fraction`` (all when 1)."""
+    return state.sampler.sample(state.n_clients, state.cfg.fraction)
 
 
 def aggregate_round(strategy: FedAvg, results: list[ClientResult], state: ServerState) -> RoundAggregate:

@@ -166,6 +166,7 @@ def privacy_plan(
     rounds: int,
     delta: float,
     n_params: int | None = None,
+    sensitivity: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Rows for ``--dry-run``: ε at round 1, every 10th round and the last, plus the noise scale.
 
@@ -180,6 +181,8 @@ def privacy_plan(
         rounds: Planned number of rounds (>= 1).
         delta: Target δ.
         n_params: Number of trainable parameters ``d``; adds ``noise_norm_mean ≈ sqrt(d)·std_mean``.
+        sensitivity: L2 sensitivity of a round in units of ``C`` (2 for local DP under replace-one); ε is
+            accounted with noise multiplier ``z / sensitivity``, the noise scales with ``z``.
 
     Returns:
         One dict per listed round with keys ``round``, ``epsilon_pld``, ``epsilon_rdp``,
@@ -188,7 +191,7 @@ def privacy_plan(
     Raises:
         PrivacyError: On invalid arguments.
     """
-    if rounds < 1 or n_clients < 1:
+    if rounds < 1 or n_clients < 1 or not sensitivity > 0:
         msg = f"a privacy plan needs rounds >= 1 and n_clients >= 1, got {rounds!r} and {n_clients!r}"
         raise PrivacyError(msg)
     std_sum = noise_std_sum(noise_multiplier, clip)
@@ -196,7 +199,7 @@ def privacy_plan(
     rows: list[dict[str, Any]] = []
     for t in _plan_rounds(rounds):
         kw: dict[str, Any] = {
-            "noise_multiplier": noise_multiplier,
+            "noise_multiplier": noise_multiplier / sensitivity,
             "sample_rate": sample_rate,
             "rounds": t,
             "delta": delta,

@@ -2,6 +2,12 @@
 
 The maths is :func:`wsiseg.privacy.accounting.epsilon_for_history`; the ledger records what was released,
 reports epsilon at any delta, and saves and restores its state so a resumed run continues the same ledger.
+
+Each entry records the L2 sensitivity of its release in units of the clip norm ``C``: 1 for a sum of clipped
+updates under zero-out (one client's update replaced by nothing), 2 for one client's own noised update under
+replace-one (local DP: any two datasets of that client). A round is accounted as a Gaussian mechanism with
+noise multiplier ``z / sensitivity``. The realised number of clients per round is kept in the private state
+(:meth:`PrivacyLedger.state_dict`) and left out of :meth:`PrivacyLedger.public_state_dict`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ LEDGER_ROW_FIELDS: tuple[str, ...] = (
     "epsilon_pld",
     "epsilon_rdp",
 )
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # version 1 had no sensitivity (always 1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class LedgerEntry:
         n_clients_released: Clients whose updates entered the release.
         epsilon_pld: Cumulative PLD ε up to and including this round, at the ledger's δ.
         epsilon_rdp: Cumulative RDP ε likewise.
+        sensitivity: L2 sensitivity in units of ``C`` (1: zero-out sum, 2: replace-one local release).
     """
 
     round: int
@@ -52,6 +60,18 @@ class LedgerEntry:
     n_clients_released: int
     epsilon_pld: float
     epsilon_rdp: float
+    sensitivity: float = 1.0
+
+    @property
+    def accounted_multiplier(self) -> float:
+        """The noise multiplier the accountant composes: ``z / sensitivity``."""
+        return self.noise_multiplier / self.sensitivity
+
+
+def _check_sensitivity(sensitivity: float) -> None:
+    if not (math.isfinite(sensitivity) and sensitivity > 0):
+        msg = f"sensitivity (in units of the clip norm) must be a positive number, got {sensitivity!r}"
+        raise PrivacyError(msg)
 
 
 def _json_float(x: float) -> float | None:
@@ -88,10 +108,17 @@ class PrivacyLedger:
         return list(self._entries)
 
     def _segments(self, extra: Sequence[Segment] = ()) -> list[Segment]:
-        return [(e.noise_multiplier, e.sample_rate, 1) for e in self._entries] + list(extra)
+        return [(e.accounted_multiplier, e.sample_rate, 1) for e in self._entries] + list(extra)
 
-    def record_round(
-        self, *, round: int, noise_multiplier: float, sample_rate: float, clip: float, n_clients_released: int
+    def record_round(  # noqa: PLR0913
+        self,
+        *,
+        round: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        clip: float,
+        n_clients_released: int,
+        sensitivity: float = 1.0,
     ) -> LedgerEntry:
         """Record one released round and return its entry with the cumulative ε.
 
@@ -101,6 +128,7 @@ class PrivacyLedger:
             sample_rate: ``q`` of this round.
             clip: Clip norm ``C``.
             n_clients_released: Number of client updates in the release (0 for a noise-only central round).
+            sensitivity: L2 sensitivity in units of ``C`` (see the module docstring).
 
         Returns:
             The new :class:`LedgerEntry`.
@@ -109,13 +137,14 @@ class PrivacyLedger:
             PrivacyError: On invalid values or a round number that does not increase.
         """
         validate_rounds(noise_multiplier, sample_rate, 1)
+        _check_sensitivity(sensitivity)
         if self._entries and round <= self._entries[-1].round:
             msg = f"round {round} recorded after round {self._entries[-1].round}; round numbers must increase"
             raise PrivacyError(msg)
         if not (math.isfinite(clip) and clip > 0) or int(n_clients_released) < 0:
             msg = f"clip must be > 0 and n_clients_released >= 0, got {clip!r} and {n_clients_released!r}"
             raise PrivacyError(msg)
-        history = self._segments([(noise_multiplier, sample_rate, 1)])
+        history = self._segments([(noise_multiplier / sensitivity, sample_rate, 1)])
         kw: dict[str, Any] = {"delta": self.delta}
         entry = LedgerEntry(
             round=int(round),
@@ -127,6 +156,7 @@ class PrivacyLedger:
                 history, method="pld", value_discretization_interval=self.value_discretization_interval, **kw
             ),
             epsilon_rdp=epsilon_for_history(history, method="rdp", **kw),
+            sensitivity=float(sensitivity),
         )
         self._entries.append(entry)
         return entry
@@ -148,19 +178,22 @@ class PrivacyLedger:
             value_discretization_interval=self.value_discretization_interval,
         )
 
-    def projected_epsilon(self, *, noise_multiplier: float, sample_rate: float, extra_rounds: int = 1) -> float:
+    def projected_epsilon(
+        self, *, noise_multiplier: float, sample_rate: float, extra_rounds: int = 1, sensitivity: float = 1.0
+    ) -> float:
         """PLD ε at the ledger's δ if ``extra_rounds`` more rounds were released (for a budget stop).
 
         Args:
             noise_multiplier: ``z`` of the planned rounds.
             sample_rate: ``q`` of the planned rounds.
             extra_rounds: How many more rounds.
+            sensitivity: Their L2 sensitivity in units of ``C``.
 
         Returns:
             The projected cumulative ε.
         """
         return epsilon_for_history(
-            self._segments([(noise_multiplier, sample_rate, extra_rounds)]),
+            self._segments([(noise_multiplier / sensitivity, sample_rate, extra_rounds)]),
             delta=self.delta,
             value_discretization_interval=self.value_discretization_interval,
         )
@@ -180,8 +213,15 @@ class PrivacyLedger:
             for e in self._entries
         ]
 
+    def public_state_dict(self) -> dict[str, Any]:
+        """The shareable view: :meth:`state_dict` without the realised number of clients of each round."""
+        state = self.state_dict()
+        for e in state["entries"]:
+            del e["n_clients_released"]
+        return state
+
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state (infinite ε stored as ``null``)."""
+        """JSON-serialisable private state (infinite ε stored as ``null``); includes per-round client counts."""
         entries = []
         for e in self._entries:
             d = asdict(e)
@@ -203,7 +243,7 @@ class PrivacyLedger:
         Raises:
             PrivacyError: If the state has another version, is malformed, or its rounds do not increase.
         """
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") not in _READABLE_VERSIONS:
             msg = f"privacy ledger state is not version {_STATE_VERSION}; was it written by another wsiseg?"
             raise PrivacyError(msg)
         try:
@@ -217,6 +257,7 @@ class PrivacyLedger:
                     n_clients_released=int(d["n_clients_released"]),
                     epsilon_pld=_from_json_float(d["epsilon_pld"]),
                     epsilon_rdp=_from_json_float(d["epsilon_rdp"]),
+                    sensitivity=float(d.get("sensitivity", 1.0)),
                 )
                 for d in state["entries"]
             ]
@@ -226,6 +267,7 @@ class PrivacyLedger:
         validate_delta(delta)
         for e in entries:
             validate_rounds(e.noise_multiplier, e.sample_rate, 1)
+            _check_sensitivity(e.sensitivity)
         if any(b.round <= a.round for a, b in itertools.pairwise(entries)):
             msg = "privacy ledger state has round numbers that do not increase; the file is corrupt"
             raise PrivacyError(msg)

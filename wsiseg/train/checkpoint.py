@@ -20,6 +20,7 @@ from torch import nn
 
 from wsiseg.config import package_versions
 from wsiseg.errors import CheckpointError
+from wsiseg.fileio import default_mode
 
 __all__ = [
     "CARD_FORMAT",
@@ -78,9 +79,10 @@ def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str] | None = None) -> Path:
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, mode: int, meta: dict[str, str] | None = None) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(mode)
     return tmp
 
 
@@ -90,6 +92,7 @@ def save_checkpoint(
     card: dict[str, Any],
     *,
     state: dict[str, torch.Tensor] | None = None,
+    private: bool = False,
 ) -> Path:
     """Write weights, card and optional training state; each file appears complete or not at all.
 
@@ -98,6 +101,8 @@ def save_checkpoint(
         model: The model (its ``state_dict`` is saved, buffers included).
         card: JSON-ready description; ``format`` and ``versions`` are filled in.
         state: Extra tensors for resuming (optimizer buffers, RNG states).
+        private: Owner-only files (0600), for checkpoints that hold resume state (generator states, seeds);
+            otherwise the usual umask-based mode of a file meant to be shared.
 
     Returns:
         The card path.
@@ -105,11 +110,16 @@ def save_checkpoint(
     weights_path, card_path, state_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     full = {"format": CARD_FORMAT, "version": 1, "versions": package_versions(), **card}
-    pending = [(_atomic_save(_tensors(model.state_dict()), weights_path, {"format": CARD_FORMAT}), weights_path)]
+    mode = 0o600 if private else default_mode()
+    pending = [(_atomic_save(_tensors(model.state_dict()), weights_path, mode, {"format": CARD_FORMAT}),
+                weights_path)]  # fmt: skip
     if state is not None:
-        pending.append((_atomic_save(_tensors(state), state_path), state_path))
+        pending.append((_atomic_save(_tensors(state), state_path, mode), state_path))
     tmp_card = card_path.with_name(f".{card_path.name}.tmp{os.getpid()}")
-    tmp_card.write_text(json.dumps(full, indent=2, default=_json_default), encoding="utf-8")
+    fd = os.open(tmp_card, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(full, indent=2, default=_json_default))
+    tmp_card.chmod(mode)
     pending.append((tmp_card, card_path))
     for tmp, final in pending:  # card last: a card always points at complete weights
         os.replace(tmp, final)

@@ -14,15 +14,20 @@ from wsiseg.fileio import atomic_output, atomic_write_text
 __all__ = ["CsvLog", "latest_run", "new_run_dir", "plot_curves", "write_config"]
 
 
-def new_run_dir(root: Path, kind: str, name: str | None = None) -> Path:
-    """Create ``root/<YYYYmmdd-HHMMSS>-<kind>`` (or ``root/name``) and return it; never reuses a folder."""
+def new_run_dir(root: Path, kind: str, name: str | None = None, *, private: bool = False) -> Path:
+    """Create ``root/<YYYYmmdd-HHMMSS>-<kind>`` (or ``root/name``) and return it; never reuses a folder.
+
+    ``private`` makes the folder owner-only (0700): federated runs keep resume state and logs there.
+    """
     root.mkdir(parents=True, exist_ok=True)
     base = name or f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
     path, n = root / base, 1
     while path.exists():
         n += 1
         path = root / f"{base}-{n}"
-    path.mkdir()
+    path.mkdir(mode=0o700 if private else 0o777)
+    if private:
+        path.chmod(0o700)
     return path
 
 
@@ -34,9 +39,9 @@ def latest_run(root: Path, checkpoint: str = "final") -> Path | None:
     return max(runs, key=lambda p: (p / "checkpoints" / f"{checkpoint}.json").stat().st_mtime, default=None)
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> Path:
-    """Write the resolved config as ``config.toml`` (atomic)."""
-    return atomic_write_text(run_dir / "config.toml", to_toml(config))
+def write_config(run_dir: Path, config: dict[str, Any], *, private: bool = False) -> Path:
+    """Write the resolved config as ``config.toml`` (atomic; owner-only with ``private``)."""
+    return atomic_write_text(run_dir / "config.toml", to_toml(config), private=private)
 
 
 class CsvLog:

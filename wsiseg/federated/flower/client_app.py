@@ -2,19 +2,22 @@
 
 Each site's SuperNode is started with ``--node-config <state-dir>/node-config.toml`` holding ``data`` (the
 site's tile dataset), ``site`` (its name, which must match the name its key was registered under),
-``state-dir`` (private per-site state: the local-DP generator), ``device`` and ``require-dp``.
+``state-dir`` (private per-site state: the local-DP generator and the release log), ``device`` and the
+site's policy: ``require-dp``, ``min-sigma``, ``max-clip`` and, for reproductions only, ``noise-seed``.
 
 Per round the site: loads the global weights, trains with the shared loop
 (:func:`wsiseg.federated.clients.local_update`, seeded from ``(seed, round, client index)``), then applies
 the DP mode before anything leaves: ``local`` clips and noises with the site's own generator
 (:meth:`DpFedAvg.client_release`), ``central`` clips to ``C`` (the server clips again and adds the noise),
-``none`` sends the raw update and normalisation buffers.
+``none`` sends the raw update and normalisation buffers. The site's noise never depends on anything the
+server sends (see :mod:`wsiseg.federated.flower.site`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +25,12 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from wsiseg.errors import ConfigError, PrivacyError
+from wsiseg.errors import ConfigError
 
 __all__ = ["app", "handle_hello", "handle_train"]
 
 app = ClientApp()
 log = logging.getLogger("wsiseg.fed-client")
-
-_DP_RANK = {"none": 0, "central": 1, "local": 2}
 
 
 def _node(context: Context) -> dict[str, Any]:
@@ -53,52 +54,65 @@ def handle_hello(node: dict[str, Any]) -> RecordDict:
 def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     """Train one round and return only what the DP mode lets leave the site.
 
+    Before training, the site's policy is checked (mode, sigma floor, clip ceiling) and the request is matched
+    against the site's release log: an identical resend gets the exact bytes released before, a different
+    request for an answered round is refused.
+
     Raises:
-        PrivacyError: The server asks for a weaker DP mode than the site requires.
+        PrivacyError: The request asks for less protection than the site allows, or changes an answered round.
     """
     import torch  # noqa: PLC0415
 
     from wsiseg.config import resolve_device  # noqa: PLC0415
-    from wsiseg.federated.clients import local_update  # noqa: PLC0415
+    from wsiseg.federated.clients import ClientResult, local_update  # noqa: PLC0415
     from wsiseg.federated.config import FedConfig  # noqa: PLC0415
     from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply  # noqa: PLC0415
-    from wsiseg.federated.flower.site import load_site  # noqa: PLC0415
+    from wsiseg.federated.flower.site import ReleaseLog, SitePolicy, load_site, request_digest  # noqa: PLC0415
     from wsiseg.federated.rounds import local_training  # noqa: PLC0415
     from wsiseg.models import create_model  # noqa: PLC0415
 
     conf = content.config_records["config"]
     cfg = FedConfig.from_dict(json.loads(str(conf["fed-config"])))
     rnd, index, seed = int(conf["round"]), int(conf["client-index"]), int(conf["train-seed"])
-    sigma = float(conf["sigma"])
-    required = str(node.get("require-dp", "none"))
-    if _DP_RANK[cfg.dp] < _DP_RANK.get(required, 0):
-        msg = f"site {node['site']} requires --dp {required} but the server asked for --dp {cfg.dp}; refusing"
-        raise PrivacyError(msg)
-    client = load_site(node["data"], name=str(node["site"]), index=index, test_fraction=cfg.test_fraction,
-                       seed=seed)  # fmt: skip
+    sigma, site = float(conf["sigma"]), str(node["site"])
+    SitePolicy.from_node_config(node).check(site, cfg.dp, sigma, cfg.clip)
+    arrays = arrays_to_numpy(content.array_records["global"])
+    digest = request_digest(arrays, {k: conf[k] for k in sorted(conf.keys())})
+    releases = ReleaseLog(Path(str(node["state-dir"])), str(conf["run-key"]))
+    stored = releases.replay(site, rnd, digest)
+    if stored is not None:
+        update, reply = stored
+        log.info("site %s round %d: identical request resent; resending the same release", site, rnd)
+        return result_to_reply(ClientResult(site, update, {}, 1, int(reply.get("steps", 0)), math.nan, 0.0),
+                               dp=cfg.dp)  # fmt: skip
+    client = load_site(node["data"], name=site, index=index, test_fraction=cfg.test_fraction, seed=seed)
     device = resolve_device(str(node.get("device", "auto")))
     model = create_model(cfg.model, num_classes=len(client.train.classes), **json.loads(str(conf["model-args"])))
     model.to(device)
-    arrays = arrays_to_numpy(content.array_records["global"])
     glob = {k: torch.from_numpy(v.copy()).to(device) for k, v in arrays.items()}
     t0 = time.perf_counter()
 
     res = local_update(model, glob, client, local_training(cfg, device), round_index=rnd, total_rounds=cfg.rounds,
                        seed=seed, client_index=index)  # fmt: skip
-    released = _release(cfg, sigma, res, Path(str(node["state-dir"])), str(conf["run-key"]), rnd, index)
+    released = _release(cfg, sigma, res, node)
+    if cfg.dp != "none":
+        releases.record(rnd, digest, released.update, {"steps": 0})
     log.info("site %s round %d: %d steps, loss %.4f, pre-clip norm %.4g, %.1f s (kept at the site)",
              client.name, rnd, res.steps, res.loss, released.pre_clip_norm or float("nan"),
              time.perf_counter() - t0)  # fmt: skip
     return result_to_reply(released, dp=cfg.dp)
 
 
-def _release(cfg: Any, sigma: float, res: Any, state_dir: Path, run_key: str, rnd: int, index: int) -> Any:
-    """Apply the DP mode with the same code as the simulation (``DpFedAvg.client_release``)."""
+def _release(cfg: Any, sigma: float, res: Any, node: dict[str, Any]) -> Any:
+    """Apply the DP mode with the same code as the simulation (``DpFedAvg.client_release``).
+
+    Local mode draws the noise from the site's own generator (:class:`NoiseState`), saved before the release
+    leaves, so a crash can never make the site reuse noise for another round.
+    """
     from wsiseg.federated.clients import ClientResult  # noqa: PLC0415
     from wsiseg.federated.flower.site import NoiseState  # noqa: PLC0415
     from wsiseg.federated.strategies import DpFedAvg  # noqa: PLC0415
     from wsiseg.privacy.clipping import clip_update, global_l2_norm  # noqa: PLC0415
-    from wsiseg.privacy.noise import make_generator  # noqa: PLC0415
 
     if cfg.dp == "none":
         return res
@@ -107,12 +121,12 @@ def _release(cfg: Any, sigma: float, res: Any, state_dir: Path, run_key: str, rn
         out = ClientResult(res.name, clipped, {}, res.n_examples, res.steps, res.loss, res.seconds)
         out.pre_clip_norm = info.pre_clip_norm
         return out
-    strategy = DpFedAvg("local", clip=cfg.clip, noise_multiplier=sigma, rng=make_generator(None)[0],
-                        scope=cfg.clip_scope)  # fmt: skip
-    noise = NoiseState(state_dir, run_key, cfg.seed, index)
-    rng = noise.generator_for(rnd)
+    seed = str(node.get("noise-seed", "")).strip()
+    noise = NoiseState(Path(str(node["state-dir"])), "site", int(seed) if seed else None)
+    rng = noise.generator()
+    strategy = DpFedAvg("local", clip=cfg.clip, noise_multiplier=sigma, rng=rng, scope=cfg.clip_scope)
     out = strategy.client_release(res, rng)
-    noise.save(rng, rnd)
+    noise.save(rng)
     if out.pre_clip_norm is None:
         out.pre_clip_norm = global_l2_norm(res.update)
     return out

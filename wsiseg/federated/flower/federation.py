@@ -17,6 +17,7 @@ from pathlib import Path
 from wsiseg.errors import ConfigError, WsisegError
 from wsiseg.federated.flower import launch
 from wsiseg.federated.flower.server_loop import ServerSpec
+from wsiseg.fileio import atomic_write_text, private_dir
 
 __all__ = ["ServerHandle", "SiteOptions", "run_server", "start_site"]
 
@@ -82,11 +83,11 @@ def run_server(  # noqa: PLR0913
         msg = "TLS runs authenticate SuperNodes: give --site-keys DIR (from `wsiseg fed-certs`)"
         raise ConfigError(msg)
     keys = _site_keys(site_keys, spec.sites)
-    run_dir = Path(spec.run_dir)
+    run_dir = private_dir(spec.run_dir)  # resume state, seeds and per-round logs: owner-only
     work = run_dir / "flower"
     work.mkdir(parents=True, exist_ok=True)
-    spec_path = run_dir / "server-spec.json"
-    spec_path.write_text(json.dumps(dataclasses.asdict(spec), indent=2), encoding="utf-8")
+    spec_path = atomic_write_text(run_dir / "server-spec.json", json.dumps(dataclasses.asdict(spec), indent=2),
+                                  private=True)  # fmt: skip
     env = launch.flower_env(work / "flwr-home")
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
     launch.write_connection(work / "flwr-home", f"{connect_host}:{port}", tls)
@@ -149,6 +150,9 @@ class SiteOptions:
     device: str = "auto"
     require_dp: str = "none"
     threads: int | None = None
+    min_sigma: float = 0.5
+    max_clip: float | None = None
+    noise_seed: int | None = None
 
 
 def start_site(opts: SiteOptions) -> subprocess.Popen[bytes]:
@@ -164,10 +168,12 @@ def start_site(opts: SiteOptions) -> subprocess.Popen[bytes]:
         if path is not None and not path.is_file():
             msg = f"{label} {path} does not exist; copy the site folder made by `wsiseg fed-certs`"
             raise ConfigError(msg)
-    opts.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(opts.state_dir)
     node_cfg = launch.write_node_config(opts.state_dir / "node-config.toml", {
         "data": opts.data.resolve().as_posix(), "site": opts.site,
         "state-dir": opts.state_dir.resolve().as_posix(), "device": opts.device, "require-dp": opts.require_dp,
+        "min-sigma": repr(float(opts.min_sigma)), "max-clip": "" if opts.max_clip is None else repr(opts.max_clip),
+        "noise-seed": "" if opts.noise_seed is None else str(int(opts.noise_seed)),
     })  # fmt: skip
     env = launch.flower_env(opts.state_dir / "flwr-home")
     if opts.threads:

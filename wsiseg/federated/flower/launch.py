@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wsiseg.errors import ConfigError, WsisegError
+from wsiseg.fileio import atomic_write_text
 
 __all__ = [
     "Tls",
@@ -158,10 +159,9 @@ def write_connection(flwr_home: Path, address: str, tls: Tls) -> None:
 
 
 def write_node_config(path: Path, values: dict[str, str]) -> Path:
-    """A node-config TOML file (paths with spaces survive, unlike ``k=v`` strings)."""
+    """A node-config TOML file (paths with spaces survive, unlike ``k=v`` strings); owner-only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{k} = {_toml_str(v)}\n" for k, v in values.items()), encoding="utf-8")
-    return path
+    return atomic_write_text(path, "".join(f"{k} = {_toml_str(v)}\n" for k, v in values.items()), private=True)
 
 
 def _popen(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -3,8 +3,9 @@
 A train request carries the global weights (``global``) and a ``config`` record (round, client index,
 the run's ``FedConfig`` as JSON, DP settings). A train reply carries the update (``update``), buffers
 (``buffers``, only with ``--dp none``) and a ``meta`` metric record. Under DP the reply holds nothing but
-the released update tensors and the step count: the training loss, example count and pre-clip norm are
-data-dependent scalars that no accountant covers, so they stay in the site's own log.
+the released update tensors: the training loss, example count, step count (which gives the tile count to
+within a batch) and pre-clip norm are data-dependent numbers that no accountant covers, so they stay in the
+site's own log.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 
 def result_to_reply(result: ClientResult, *, dp: str) -> RecordDict:
-    """Pack what a site releases. With DP only the update tensors and the step count leave the site."""
-    meta: dict[str, float | int] = {"steps": int(result.steps)}
+    """Pack what a site releases. With DP only the update tensors leave the site (no counts, no loss)."""
+    meta: dict[str, float | int] = {}
     if dp == "none":
-        meta.update({"n_examples": int(result.n_examples), "loss": float(result.loss)})
+        meta.update({"steps": int(result.steps), "n_examples": int(result.n_examples), "loss": float(result.loss)})
     content = RecordDict({"update": numpy_to_arrays(result.update), "meta": MetricRecord(meta)})
     if result.buffers:
         content["buffers"] = numpy_to_arrays(result.buffers)
@@ -60,7 +61,7 @@ def reply_to_result(content: RecordDict) -> ClientResult:
         update=arrays_to_numpy(content.array_records["update"]),
         buffers=buffers,
         n_examples=int(meta.get("n_examples", 1)),
-        steps=int(meta["steps"]),
+        steps=int(meta.get("steps", 0)),
         loss=float(meta.get("loss", math.nan)),
         seconds=0.0,
     )

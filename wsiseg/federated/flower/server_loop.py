@@ -33,7 +33,7 @@ from wsiseg.federated.config import FedConfig
 from wsiseg.federated.flower.messages import numpy_to_arrays, reply_to_result
 from wsiseg.federated.server import RunLogs, ServerState, aggregate_round, calibrate_sigma, sample_clients
 from wsiseg.federated.strategies import FedAvg
-from wsiseg.train.checkpoint import save_checkpoint
+from wsiseg.fileio import atomic_write_text
 from wsiseg.train.runlog import CsvLog, write_config
 
 __all__ = ["ServerSpec", "serve"]
@@ -63,17 +63,9 @@ class _Server(ServerState):
 
     def __init__(self, spec: ServerSpec, classes: ClassTable, tiling: dict[str, Any]) -> None:
         cfg = FedConfig.from_dict(spec.fed_config)
-        super().__init__(cfg, Path(spec.run_dir), "cpu", classes, tiling, len(spec.sites))
+        super().__init__(cfg, Path(spec.run_dir), "cpu", classes, tiling, list(spec.sites),
+                         federation={"engine": "flower", "min_clients": spec.min_clients})  # fmt: skip
         self.spec = spec
-
-    def card(self, rnd: int) -> dict[str, Any]:
-        return {
-            "model": {"name": self.cfg.model, "args": {"num_classes": len(self.classes), **self.model_args}},
-            "classes": self.classes.to_list(), "tiling": self.tiling, "fed_config": self.cfg.to_dict(),
-            "clients": [{"name": s, "train_slides": [], "heldout_slides": []} for s in self.spec.sites],
-            "privacy": self.privacy_summary(), "round": rnd, "metrics": {},
-            "federation": {"engine": "flower", "sites": self.spec.sites, "min_clients": self.spec.min_clients},
-        }  # fmt: skip
 
 
 class _Sites:
@@ -149,25 +141,24 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
         srv.restore()
     else:
         calibrate_sigma(srv)
-        write_config(srv.run_dir, {**srv.cfg.to_dict(), "resolved_sigma": srv.sigma,
-                                   "noise_seed": srv.noise_seed_info})  # fmt: skip
+        write_config(srv.run_dir, {**srv.cfg.to_dict(), "resolved_sigma": srv.sigma}, private=True)
     logs = RunLogs(srv.run_dir, srv.start_round - 1)
     flog = CsvLog(srv.run_dir / "flower_rounds.csv", keep_until=("round", float(srv.start_round - 1)))
     strategy = srv.strategy()
+    last = srv.start_round - 1
     for rnd in range(srv.start_round, srv.cfg.rounds + 1):
         stopped = srv.budget_stop(rnd)
         if stopped:
             log(stopped)
             break
         _one_round(srv, sites, strategy, rnd, logs, flog, log)
-    save_checkpoint(srv.run_dir / "checkpoints" / "final", srv.model, srv.card(srv.cfg.rounds))
-    (srv.run_dir / "metrics.json").write_text("{}", encoding="utf-8")
+        last = rnd
+    srv.save_final(last)
     logs.plots()
     final_eps = srv.privacy_summary().get("epsilon")
     log(f"done: {srv.run_dir}  epsilon {final_eps}")
-    result = {"rounds_done": srv.cfg.rounds, "epsilon": final_eps,
-              "run_dir": str(srv.run_dir)}  # fmt: skip
-    (srv.run_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    result = {"rounds_done": last, "epsilon": final_eps, "run_dir": str(srv.run_dir)}
+    atomic_write_text(srv.run_dir / "result.json", json.dumps(result, indent=2), private=True)
     return result
 
 
@@ -236,6 +227,6 @@ def _one_round(srv: _Server, sites: _Sites, strategy: FedAvg, rnd: int, logs: Ru
     answered = [srv.spec.sites[i] for i, _ in got]
     flog.append({"round": rnd, "sampled": ";".join(srv.spec.sites[i] for i in picked),
                  "answered": ";".join(answered), "seconds": time.perf_counter() - t0})  # fmt: skip
-    save_checkpoint(srv.run_dir / "checkpoints" / "last", srv.model, {**srv.card(rnd), "resume": srv.resume_state()})
+    srv.save_last(rnd)
     log(f"round {rnd}/{srv.cfg.rounds}: sites {answered}  epsilon {eps}  ({time.perf_counter() - t0:.1f} s)")
     return eps

@@ -1,30 +1,42 @@
-"""One site's side of a multi-site run: its data split and its persistent local-DP noise generator.
+"""One site's side of a multi-site run: its data split, its own noise generator and its record of releases.
 
 The split mirrors :func:`wsiseg.federated.clients.build_clients` with ``client_dirs``: a site with index
 ``i`` keeps held-out slides chosen with seed ``train_seed + i``, so the site trains on exactly the slides
 the in-process simulation gives client ``i``.
 
-The local-DP generator is persisted on disk (a fresh ClientApp process runs every round). The state
-*before* each round's draw is kept, so a round that is sent again (a server resume, a retried round)
-draws the same noise: the site never releases two different noisings of the same update.
+A site owns its privacy; nothing the server sends decides it:
+
+- :class:`NoiseState`: the local-DP generator comes from the site's own OS entropy (or the site operator's
+  ``--noise-seed``, for reproductions), is persisted in the site's private state folder (a fresh ClientApp
+  process runs every round) and only ever moves forward.
+- :class:`ReleaseLog`: the digest of every request the site answered, and the exact bytes of its latest
+  release. A request for a round already answered gets those same bytes back when it is identical, and is
+  refused otherwise: a server that resends a round with other weights or settings (``lr=0``, say) would
+  otherwise get two noisings whose difference is the clipped update.
+- :class:`SitePolicy`: the site's floor on sigma and ceiling on C, checked before any training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from wsiseg.data.dataset import load_sources
 from wsiseg.data.partition import split_slides
-from wsiseg.errors import DataError
+from wsiseg.errors import DataError, PrivacyError
 from wsiseg.federated.clients import Client
+from wsiseg.fileio import atomic_output, atomic_write_text, private_dir
 from wsiseg.privacy.noise import make_generator
 
-__all__ = ["NoiseState", "load_site"]
+__all__ = ["NoiseState", "ReleaseLog", "SitePolicy", "load_site", "request_digest"]
 
 
 def load_site(data: str | Path, *, name: str, index: int, test_fraction: float, seed: int) -> Client:
@@ -44,46 +56,140 @@ def load_site(data: str | Path, *, name: str, index: int, test_fraction: float, 
     return Client(name, src, None)
 
 
-class NoiseState:
-    """The site's local-DP generator for one server run, kept in ``<state_dir>/noise-<run_key>.json``.
+@dataclass(frozen=True)
+class SitePolicy:
+    """What a site accepts under DP, whatever the server asks (``wsiseg fed-client`` options).
 
-    Private to the site: anyone holding these states can regenerate and subtract the noise.
+    Attributes:
+        require_dp: Weakest DP mode accepted: ``none``, ``central`` or ``local``.
+        min_sigma: Lowest noise multiplier accepted for a DP round (always > 0 under DP).
+        max_clip: Highest clip norm accepted (``None``: any).
     """
 
-    def __init__(self, state_dir: Path, run_key: str, seed: int | None, index: int) -> None:
-        self.path = Path(state_dir) / f"noise-{_safe(run_key)}.json"
-        self.seed, self.index = seed, index
-        self.data: dict[str, Any] = {"before": {}, "current": None}
-        if self.path.is_file():
-            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+    require_dp: str = "none"
+    min_sigma: float = 0.5
+    max_clip: float | None = None
 
-    def generator_for(self, round_index: int) -> np.random.Generator:
-        """The generator as it was before round ``round_index`` (replayed if that round was seen)."""
-        key = str(round_index)
-        if key in self.data["before"]:
-            state = self.data["before"][key]
-        elif self.data["current"] is not None:
-            state = self.data["current"]
-        else:  # same stream as the simulation's client i
-            rng, _ = make_generator(None if self.seed is None else self.seed * 1009 + 1 + self.index)
-            state = rng.bit_generator.state
-        self.data["before"][key] = state
-        rng = np.random.Generator(np.random.PCG64())
-        rng.bit_generator.state = state
-        return rng
+    _RANK = {"none": 0, "central": 1, "local": 2}  # noqa: RUF012
 
-    def save(self, rng: np.random.Generator, round_index: int) -> None:
-        """Record the generator after round ``round_index``'s draw (atomic write, owner-only file)."""
-        newest = max(int(k) for k in self.data["before"])
-        if round_index >= newest:
-            self.data["current"] = rng.bit_generator.state
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.data, fh, default=int)
-        tmp.replace(self.path)
+    @classmethod
+    def from_node_config(cls, node: dict[str, Any]) -> SitePolicy:
+        """Read the policy from the SuperNode's node config (strings, as ``fed-client`` writes them)."""
+        max_clip = str(node.get("max-clip", "")).strip()
+        return cls(require_dp=str(node.get("require-dp", "none")), min_sigma=float(node.get("min-sigma", 0.5)),
+                   max_clip=float(max_clip) if max_clip else None)  # fmt: skip
+
+    def check(self, site: str, dp: str, sigma: float, clip: float) -> None:
+        """Refuse a round that asks for less protection than the site's policy allows.
+
+        Raises:
+            PrivacyError: A weaker mode, a sigma below the floor (or zero) or a clip above the ceiling.
+        """
+        if self._RANK[dp] < self._RANK.get(self.require_dp, 0):
+            msg = f"site {site} requires --dp {self.require_dp} but the server asked for --dp {dp}; refusing"
+            raise PrivacyError(msg)
+        if dp == "none":
+            return
+        if not (math.isfinite(sigma) and sigma > 0 and sigma >= self.min_sigma):
+            msg = (f"site {site}: the server asked for sigma {sigma:g}, below this site's --min-sigma "
+                   f"{self.min_sigma:g}; refusing (lower --min-sigma at the site to accept it)")  # fmt: skip
+            raise PrivacyError(msg)
+        if self.max_clip is not None and not clip <= self.max_clip:
+            msg = f"site {site}: the server asked for clip {clip:g}, above this site's --max-clip {self.max_clip:g}"
+            raise PrivacyError(msg)
 
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120]
+
+
+class NoiseState:
+    """The site's local-DP generator for one server run, kept in ``<state_dir>/noise-<run_key>.json``.
+
+    Seeded from the site's own OS entropy unless the site operator gave a seed. Private to the site: anyone
+    holding this state can regenerate and subtract the noise. The file is owner-only.
+    """
+
+    def __init__(self, state_dir: Path, run_key: str, seed: int | None) -> None:
+        self.path = Path(state_dir) / f"noise-{_safe(run_key)}.json"
+        self.seed = seed
+        self.state: dict[str, Any] | None = None
+        if self.path.is_file():
+            self.state = json.loads(self.path.read_text(encoding="utf-8"))["current"]
+
+    def generator(self) -> np.random.Generator:
+        """The generator where the last release left it (a fresh one on the site's first round)."""
+        if self.state is None:
+            return make_generator(self.seed)[0]
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = self.state
+        return rng
+
+    def save(self, rng: np.random.Generator) -> None:
+        """Record the generator after a draw (atomic, owner-only)."""
+        self.state = rng.bit_generator.state
+        private_dir(self.path.parent)
+        atomic_write_text(self.path, json.dumps({"current": self.state}, default=int), private=True)
+
+
+def request_digest(arrays: dict[str, np.ndarray], config: dict[str, Any]) -> str:
+    """SHA-256 of a train request: every global tensor (name, dtype, shape, bytes) and the whole config."""
+    h = hashlib.sha256()
+    for name, arr in arrays.items():
+        a = np.ascontiguousarray(arr)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class ReleaseLog:
+    """Which requests a site answered in one server run, and the exact tensors of its latest release.
+
+    ``<state_dir>/releases-<run_key>.json`` maps round numbers to request digests;
+    ``<state_dir>/release-<run_key>.safetensors`` holds the latest released update and its reply metadata.
+    """
+
+    def __init__(self, state_dir: Path, run_key: str) -> None:
+        self.dir = Path(state_dir)
+        self.index_path = self.dir / f"releases-{_safe(run_key)}.json"
+        self.tensor_path = self.dir / f"release-{_safe(run_key)}.safetensors"
+        self.answered: dict[str, str] = {}
+        if self.index_path.is_file():
+            self.answered = json.loads(self.index_path.read_text(encoding="utf-8"))["answered"]
+
+    def replay(self, site: str, round_index: int, digest: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The stored release for an identical resent request, ``None`` for a new round.
+
+        Raises:
+            PrivacyError: The round was answered for a different request, or is older than the latest release.
+        """
+        seen = self.answered.get(str(round_index))
+        if seen is None:
+            return None
+        if seen != digest:
+            msg = (
+                f"site {site}: round {round_index} was already answered for a different request (other "
+                "weights or settings); refusing: two releases of one round would reveal the clipped update"
+            )
+            raise PrivacyError(msg)
+        meta: dict[str, Any] = {}
+        tensors: dict[str, np.ndarray] = {}
+        if self.tensor_path.is_file():
+            with safe_open(str(self.tensor_path), framework="np") as fh:
+                meta = json.loads((fh.metadata() or {}).get("wsiseg", "{}"))
+            tensors = load_file(str(self.tensor_path))
+        if meta.get("round") != round_index or meta.get("digest") != digest:
+            msg = (f"site {site}: round {round_index} was answered before, but only the latest release is kept; "
+                   "refusing to release it again")  # fmt: skip
+            raise PrivacyError(msg)
+        return {k: tensors[k] for k in meta["names"]}, meta["reply"]
+
+    def record(self, round_index: int, digest: str, update: dict[str, np.ndarray], reply: dict[str, Any]) -> None:
+        """Keep the exact tensors released for ``round_index`` and its request digest (owner-only files)."""
+        private_dir(self.dir)
+        meta = json.dumps({"round": round_index, "digest": digest, "reply": reply, "names": list(update)})
+        with atomic_output(self.tensor_path, private=True) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in update.items()}, str(tmp), metadata={"wsiseg": meta})
+        self.answered[str(round_index)] = digest
+        atomic_write_text(self.index_path, json.dumps({"answered": self.answered}), private=True)

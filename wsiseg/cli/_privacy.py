@@ -1,0 +1,48 @@
+"""The privacy plan and warnings that ``fed-train`` and ``fed-server`` print before any training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["print_plan"]
+
+
+def print_plan(cfg: Any, *, brief: bool = False) -> None:
+    """Noise scale, neighbouring relation and epsilon at round 1, every 10th round and the last, with warnings.
+
+    Also refuses settings DP cannot protect (BatchNorm statistics under DP), as the run itself would.
+
+    Raises:
+        ConfigError: A model that would share BatchNorm running statistics under DP.
+    """
+    from rich.table import Table  # noqa: PLC0415
+
+    from wsiseg.cli._console import console  # noqa: PLC0415
+    from wsiseg.federated.privacy_plan import check_dp_settings, plan_rows  # noqa: PLC0415
+
+    if cfg.dp == "none":
+        console.print("[bold yellow]--dp none:[/] plain FedAvg, no differential privacy (epsilon is infinite).")
+        return
+    if brief:
+        check_dp_settings(cfg)
+    info = plan_rows(cfg, with_params=not brief)
+    console.print(
+        f"privacy: --dp {cfg.dp}, sigma {info['sigma']:.4g}, C {cfg.clip}, noise std on the sum {info['std_sum']:.4g}, "
+        f"on the mean {info['std_mean']:.4g}, client sampling q {info['q']:.3g}, delta {cfg.delta:g}, "
+        f"client-level unit (one site's whole data); neighbouring relation: {info['relation']}",
+        highlight=False,
+    )
+    if not brief:
+        table = Table(title="Privacy plan (dp_accounting: PLD headline, RDP cross-check)")
+        cols = ["round", "epsilon_pld", "epsilon_rdp", "noise_std_sum", "noise_std_mean"]
+        if "noise_norm_mean" in info["rows"][0]:
+            cols.append("noise_norm_mean")
+        for col in cols:
+            table.add_column(col)
+        for row in info["rows"]:
+            table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+        console.print(table)
+    for line in info["seed_warnings"]:
+        console.print(f"[bold red]WARNING:[/] {line}", highlight=False)
+    if info["warning"]:
+        console.print(f"[bold red]WARNING:[/] {info['warning']}", highlight=False)
