@@ -29,7 +29,15 @@ def fed_server(  # noqa: PLR0913
     img_size: Annotated[int | None, typer.Option(help="Model input size if the model needs it.")] = None,
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 24,
     lr: Annotated[float, typer.Option(help="Base learning rate.")] = 0.01,
-    dp: Annotated[str, typer.Option(help="none, central (server adds noise) or local (sites do).")] = "central",
+    dp: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "none; central: the server clips and adds noise (epsilon for zero-out with the public roster); "
+                "local: sites clip and noise before upload (epsilon replace-one, against the server)."
+            )
+        ),
+    ] = "central",
     sigma: Annotated[float, typer.Option("--sigma", "--noise-multiplier", help="Noise multiplier z.")] = 1.0,
     clip: Annotated[float, typer.Option(help="Clip norm C of each site update.")] = 0.5,
     delta: Annotated[float, typer.Option(help="Delta of the (epsilon, delta) guarantee.")] = 1e-5,

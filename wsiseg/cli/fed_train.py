@@ -31,7 +31,15 @@ def fed_train(  # noqa: PLR0913
     pretrained: Annotated[str | None, typer.Option(help="ImageNet weights: a local file/folder.")] = None,
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 24,
     lr: Annotated[float, typer.Option(help="Base learning rate (poly decay over all rounds).")] = 0.01,
-    dp: Annotated[str, typer.Option(help="none, central (server adds noise) or local (clients do).")] = "central",
+    dp: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "none; central: the server clips and adds noise (epsilon for zero-out with the public roster); "
+                "local: clients clip and noise before upload (epsilon replace-one, against the server)."
+            )
+        ),
+    ] = "central",
     sigma: Annotated[
         float | None,
         typer.Option("--sigma", "--noise-multiplier", help="Noise multiplier z (default 1.0, or calibrated)."),
