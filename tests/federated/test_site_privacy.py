@@ -29,13 +29,14 @@ from wsiseg.privacy.noise import gaussian_noise_like, make_generator
 ARGS = {"img_size": 64, "norm": "groupnorm"}
 
 
-def _request(rnd: int, *, lr: float = 0.01, sigma: float = 0.5, clip: float = 0.5, dp: str = "local") -> RecordDict:
+def _request(rnd: int, *, lr: float = 0.01, sigma: float = 0.5, clip: float = 0.5, dp: str = "local",
+             run_key: str = "/srv/run-1") -> RecordDict:  # fmt: skip
     cfg = FedConfig(rounds=3, local_steps=2, batch_size=8, model="dhunet_tiny", model_args=ARGS, dp=dp, sigma=sigma,
                     clip=clip, seed=7, noise_seed=7, device="cpu", amp=False, augment=False, lr=lr)  # fmt: skip
     torch.manual_seed(7)
     model = create_model("dhunet_tiny", num_classes=4, **ARGS)
     conf = {"round": rnd, "train-seed": 7, "sigma": sigma, "fed-config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "model-args": json.dumps(ARGS), "run-key": "/srv/run-1", "client-index": 0}  # fmt: skip
+            "model-args": json.dumps(ARGS), "run-key": run_key, "client-index": 0}  # fmt: skip
     glob = numpy_to_arrays({k: v.numpy() for k, v in model.state_dict().items()})
     return RecordDict({"global": glob, "config": ConfigRecord(conf)})
 
@@ -67,6 +68,10 @@ def test_replay_with_lr0_is_refused_and_an_identical_resend_gets_the_same_bytes(
     assert _norm(a) > 100 * 0.5  # it is a noised release
     second = handle_train(node, _request(2))  # the next round is a fresh release with fresh noise
     assert _norm({k: _update(second)[k] - a[k] for k in a}) > 100 * 0.5
+    # the same round under another run key (a server dodging the release log) still gets fresh noise: the site's
+    # generator is one stream for all runs, so two replies never share noise
+    other = _update(handle_train(node, _request(1, lr=0.0, run_key="/srv/run-2")))
+    assert _norm({k: other[k] - a[k] for k in a}) > 100 * 0.5
     for path in (tmp_path / "site").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((tmp_path / "site").stat().st_mode) == 0o700
