@@ -5,7 +5,7 @@
     local training, run one after another) and ``dp_agg_seconds`` (clip + noise + mean + apply + load), whose
     ratio is ``dp_overhead``.
 (2) ``--dhunet``: the server step alone on DHUnet-size updates (every trainable tensor of ``dhunet``,
-    55.4 M float32, random deltas) for 5 clients: ``FedAvg`` (no DP), ``DpFedAvg`` central, and local
+    55.4 M float32, random deltas) for 5 clients: ``FedAvg`` (no DP), ``CentralDp``, and local
     (client-side clip + noise of all 5 clients, then the server mean), each followed by ``apply_update``.
     The fraction is taken against an *estimate* of a round's local training: ``clients x local images /
     img/s`` (``--local-images`` per client, ``--train-img-s`` from bench_train on CPU, 600 img/s for the
@@ -38,7 +38,7 @@ from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.rounds import run_federated
-from wsiseg.federated.strategies import DpFedAvg, FedAvg
+from wsiseg.federated.strategies import CentralDp, FedAvg, LocalDp
 from wsiseg.privacy.parallel import noise_workers
 
 TILE = 64
@@ -138,8 +138,8 @@ def dhunet_table(args: argparse.Namespace) -> list[str]:
     n_params = sum(v.size for v in updates[0].values())
     base = {n: np.zeros_like(v) for n, v in updates[0].items()}
     results = [ClientResult(f"c{i}", u, {}, 100, 10, 0.0, 0.0) for i, u in enumerate(updates)]
-    central = DpFedAvg("central", clip=0.5, noise_multiplier=1.0, rng=np.random.default_rng(args.seed + 1))
-    local = DpFedAvg("local", clip=0.5, noise_multiplier=1.0, rng=np.random.default_rng(args.seed + 2))
+    central = CentralDp(clip=0.5, noise_multiplier=1.0, rng=np.random.default_rng(args.seed + 1))
+    local = LocalDp(clip=0.5, noise_multiplier=1.0)
     client_rngs = [np.random.default_rng([args.seed, i]) for i in range(k)]
 
     def server(strategy: FedAvg, res: list[ClientResult]) -> None:
@@ -152,7 +152,7 @@ def dhunet_table(args: argparse.Namespace) -> list[str]:
 
     def release() -> None:
         released.clear()
-        released.extend(local.client_release(r, g) for r, g in zip(results, client_rngs, strict=True))
+        released.extend(local.release(r, g) for r, g in zip(results, client_rngs, strict=True))
 
     t_client = _timed(release, reps)
     t_server = _timed(lambda: server(local, released), reps)

@@ -295,7 +295,7 @@ def test_flower_resume_after_a_short_round_with_the_site_back(
     cfg = _cfg(cohort)
     sim = _simulate_one_thread(cfg, tmp_path / "sim")
     certs = _certs(tmp_path / "certs", SITES)
-    code, work, _ = _federate(cohort, certs, cfg, "resume", min_clients=3, round_timeout=45,
+    code, work, _ = _federate(cohort, certs, cfg, "resume", min_clients=3, round_timeout=90,
                               on_started=_kill_site2_after_round_one([]))  # fmt: skip
     assert code != 0  # round 2 could not reach --min-clients 3
     assert not (work / "run" / "checkpoints" / "final.json").exists()

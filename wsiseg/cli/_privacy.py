@@ -20,8 +20,8 @@ def print_plan(cfg: Any, *, brief: bool = False) -> None:
     from wsiseg.cli._console import console  # noqa: PLC0415
     from wsiseg.federated.privacy_plan import check_dp_settings, plan_rows  # noqa: PLC0415
 
-    if cfg.dp == "none":
-        console.print("[bold yellow]--dp none:[/] plain FedAvg, no differential privacy (epsilon is infinite).")
+    if not cfg.private:
+        console.print(f"[bold yellow]--dp {cfg.dp}:[/] plain FedAvg, no differential privacy (epsilon is infinite).")
         return
     if brief:
         check_dp_settings(cfg)

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from wsiseg.cli import _options as o
+
 __all__ = ["evaluate"]
 
 
@@ -20,22 +22,25 @@ def evaluate(
     ] = None,
     slide: Annotated[list[Path] | None, typer.Option(help="The slides (level-0 size for annotations).")] = None,
     palette: Annotated[str, typer.Option(help="Label image convention: auto, ids or wsss4luad.")] = "auto",
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint (tile-level mode).")] = None,
+    checkpoint: o.CheckpointOpt = None,
+    model: o.DeprecatedModelPath = None,
     data: Annotated[list[Path] | None, typer.Option(help="Tile dataset(s) for tile-level mode.")] = None,
     split: Annotated[str, typer.Option(help="Tile mode: test (the checkpoint's held-out slides) or all.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Tile mode batch size.")] = 24,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: o.DeviceOpt = "auto",
     out: Annotated[Path | None, typer.Option(help="Folder for metrics.csv and metrics.json.")] = None,
 ) -> None:
     """Report Dice, Jaccard and accuracy per class and their means (paper definitions and plain ones)."""
+    from wsiseg.cli._options import checkpoint_path
     from wsiseg.errors import ConfigError
 
+    model = checkpoint_path(checkpoint, model)
     if model is not None:
         report = _tile_mode(model, data or [Path("tiles")], split, batch_size, device)
     elif masks:
         report = _slide_mode(masks, truth or [], slide or [], palette)
     else:
-        msg = "give predicted masks with --truth, or --model with --data for tile datasets"
+        msg = "give predicted masks with --truth, or --checkpoint with --data for tile datasets"
         raise ConfigError(msg)
     _show(report, out)
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+
+from wsiseg.cli import _options as o
+from wsiseg.federated.modes import DP_MODES
 
 __all__ = ["fed_client"]
 
@@ -24,15 +28,32 @@ def fed_client(  # noqa: PLR0913
     insecure: Annotated[bool, typer.Option(help="No TLS, no node key: loopback testing only.")] = False,
     state_dir: Annotated[Path | None, typer.Option(help="Private site state (default .wsiseg-site/SITE).")] = None,
     port: Annotated[int, typer.Option(help="Local port of the SuperNode's own API (127.0.0.1 only).")] = 9094,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    require_dp: Annotated[str, typer.Option(help="Refuse rounds weaker than: none, central or local.")] = "none",
+    device: o.DeviceOpt = "auto",
+    require_dp: Annotated[
+        str,
+        typer.Option(
+            click_type=click.Choice(list(DP_MODES)),
+            help="Refuse rounds in a weaker DP mode than this.",
+            rich_help_panel=o.PRIVACY,
+        ),
+    ] = "none",
     min_sigma: Annotated[
-        float, typer.Option(help="Refuse DP rounds whose noise multiplier is below this (the site's floor; > 0).")
+        float,
+        typer.Option(
+            help="Refuse DP rounds whose noise multiplier is below this (the site's floor; > 0).",
+            rich_help_panel=o.PRIVACY,
+        ),
     ] = 0.5,
-    max_clip: Annotated[float | None, typer.Option(help="Refuse DP rounds whose clip norm C is above this.")] = None,
+    max_clip: Annotated[
+        float | None,
+        typer.Option(help="Refuse DP rounds whose clip norm C is above this.", rich_help_panel=o.PRIVACY),
+    ] = None,
     noise_seed: Annotated[
         int | None,
-        typer.Option(help="Seed this site's local-DP noise (reproductions only: whoever learns it removes the noise)."),
+        typer.Option(
+            help="Seed this site's local-DP noise (reproductions only: whoever learns it removes the noise).",
+            rich_help_panel=o.PRIVACY,
+        ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for local training.")] = None,
     retry_seconds: Annotated[
@@ -51,9 +72,6 @@ def fed_client(  # noqa: PLR0913
     from wsiseg.federated.flower import launch
     from wsiseg.federated.flower.federation import SiteOptions, start_site
 
-    if require_dp not in ("none", "central", "local"):
-        msg = f"--require-dp must be none, central or local, got {require_dp!r}"
-        raise ConfigError(msg)
     if not min_sigma > 0 or (max_clip is not None and not max_clip > 0):
         msg = f"--min-sigma and --max-clip must be > 0, got {min_sigma} and {max_clip}"
         raise ConfigError(msg)

@@ -8,54 +8,65 @@ from typing import Annotated, Any
 
 import typer
 
+from wsiseg.cli import _options as o
+from wsiseg.federated.flower.defaults import DEFAULT_ROUND_TIMEOUT, DEFAULT_WAIT_TIMEOUT
+from wsiseg.federated.modes import DEFAULT_DP_MODE
+
 __all__ = ["fed_server"]
+
+F = o.FEDERATION
 
 
 def fed_server(  # noqa: PLR0913
     ctx: typer.Context,
     sites: Annotated[
-        list[str] | None, typer.Option("--site", help="Site name, in client-index order (repeat).")
+        list[str] | None,
+        typer.Option("--site", help="Site name, in client-index order (repeat).", rich_help_panel=F),
     ] = None,
-    min_clients: Annotated[int, typer.Option(help="A round proceeds if at least this many sampled sites answer.")] = 2,
-    round_timeout: Annotated[float, typer.Option(help="Seconds to wait for the sites' updates each round.")] = 1800.0,
-    wait_timeout: Annotated[float, typer.Option(help="Seconds to wait for all sites to connect at start.")] = 600.0,
-    round_retries: Annotated[int, typer.Option(help="Resend a short round this many times before stopping.")] = 2,
-    rounds: Annotated[int, typer.Option(help="Server rounds (paper: 150).")] = 150,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    local_steps: Annotated[int | None, typer.Option(help="Local SGD steps per round (overrides epochs).")] = None,
-    fraction: Annotated[float, typer.Option(help="Poisson site-sampling rate per round.")] = 1.0,
-    model: Annotated[str, typer.Option(help="Model name (see `wsiseg models`).")] = "dhunet",
-    norm: Annotated[str | None, typer.Option(help="batchnorm or groupnorm (default groupnorm with DP).")] = None,
-    img_size: Annotated[int | None, typer.Option(help="Model input size if the model needs it.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 24,
-    lr: Annotated[float, typer.Option(help="Base learning rate.")] = 0.01,
-    dp: Annotated[
-        str,
-        typer.Option(
-            help=(
-                "none; central: the server clips and adds noise (epsilon for zero-out with the public roster); "
-                "local: sites clip and noise before upload (epsilon replace-one, against the server)."
-            )
-        ),
-    ] = "central",
-    sigma: Annotated[float, typer.Option("--sigma", "--noise-multiplier", help="Noise multiplier z.")] = 1.0,
-    clip: Annotated[float, typer.Option(help="Clip norm C of each site update.")] = 0.5,
-    delta: Annotated[float, typer.Option(help="Delta of the (epsilon, delta) guarantee.")] = 1e-5,
-    target_epsilon: Annotated[float | None, typer.Option(help="Calibrate sigma; stop before exceeding.")] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed initialisation and data order (never DP noise or client sampling).")
+    min_clients: Annotated[
+        int,
+        typer.Option(help="A round proceeds if at least this many sampled sites answer.", rich_help_panel=F),
+    ] = 2,
+    round_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the sites' updates each round.", rich_help_panel=F)
+    ] = DEFAULT_ROUND_TIMEOUT,
+    wait_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for all sites to connect at start.", rich_help_panel=F)
+    ] = DEFAULT_WAIT_TIMEOUT,
+    round_retries: Annotated[
+        int, typer.Option(help="Resend a short round this many times before stopping.", rich_help_panel=F)
+    ] = 2,
+    rounds: o.RoundsOpt = 150,
+    local_epochs: o.LocalEpochsOpt = 1,
+    local_steps: o.LocalStepsOpt = None,
+    fraction: o.FractionOpt = 1.0,
+    model: o.ModelOpt = "dhunet",
+    norm: o.NormOpt = None,
+    img_size: o.ImgSizeOpt = None,
+    batch_size: o.BatchSize = 24,
+    lr: o.LrOpt = 0.01,
+    dp: o.DpOpt = DEFAULT_DP_MODE,
+    sigma: o.SigmaOpt = None,
+    clip: o.ClipOpt = 0.5,
+    clip_scope: o.ClipScopeOpt = "model",
+    delta: o.DeltaOpt = 1e-5,
+    target_epsilon: o.TargetEpsilonOpt = None,
+    seed: o.SeedOpt = None,
+    noise_seed: o.NoiseSeedOpt = None,
+    config: o.ConfigOpt = None,
+    runs: o.RunsOpt = Path("runs"),
+    resume: o.ResumeOpt = None,
+    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0: all interfaces).", rich_help_panel=F)] = "0.0.0.0",  # noqa: S104
+    port: Annotated[int, typer.Option(help="The SuperLink's one port (sites connect here).", rich_help_panel=F)] = 9092,
+    certs: Annotated[
+        Path | None, typer.Option(help="Server folder from `wsiseg fed-certs`.", rich_help_panel=F)
     ] = None,
-    noise_seed: Annotated[
-        int | None, typer.Option(help="Seed the server's DP noise and sampling: reproductions only.")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with fed-train settings.")] = None,
-    runs: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
-    resume: Annotated[Path | None, typer.Option(help="Run folder to continue from its last round.")] = None,
-    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0: all interfaces).")] = "0.0.0.0",  # noqa: S104
-    port: Annotated[int, typer.Option(help="The SuperLink's one port (sites connect here).")] = 9092,
-    certs: Annotated[Path | None, typer.Option(help="Server folder from `wsiseg fed-certs`.")] = None,
-    insecure: Annotated[bool, typer.Option(help="No TLS, no node authentication: loopback testing only.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the privacy plan and exit without starting anything.")] = False,
+    insecure: Annotated[
+        bool, typer.Option(help="No TLS, no node authentication: loopback testing only.", rich_help_panel=F)
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the privacy plan and exit without starting anything.", rich_help_panel=o.PRIVACY)
+    ] = False,
 ) -> None:
     """Coordinate a federation across institutions: same rounds, DP and accountant as fed-train."""
     from wsiseg.cli._console import console
@@ -112,7 +123,7 @@ def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given
 
     base = load_toml(config) if config else {}
     keys = ["rounds", "local_epochs", "local_steps", "fraction", "model", "batch_size", "lr", "dp", "sigma", "clip",
-            "delta", "target_epsilon", "seed", "noise_seed"]  # fmt: skip
+            "clip_scope", "delta", "target_epsilon", "seed", "noise_seed"]  # fmt: skip
     explicit = {k: given[k] for k in keys if user_gave(ctx, k)}
     model_args = merged_model_args(base, given["norm"], given["img_size"])
     merged = {**base, **explicit, "model_args": model_args, "clients": len(sites), "data": (), "client_dirs": ()}

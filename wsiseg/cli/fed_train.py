@@ -7,64 +7,55 @@ from typing import Annotated, Any
 
 import typer
 
+from wsiseg.cli import _options as o
+from wsiseg.federated.modes import DEFAULT_DP_MODE
+
 __all__ = ["fed_train"]
 
 
 def fed_train(  # noqa: PLR0913
     ctx: typer.Context,
-    data: Annotated[list[Path] | None, typer.Option("--data", help="Tile dataset(s), pooled, split by slide.")] = None,
+    data: o.DataOpt = None,
     client_dirs: Annotated[
-        list[Path] | None, typer.Option("--client-dirs", help="One tile dataset per site (instead of --clients).")
+        list[Path] | None,
+        typer.Option("--client-dirs", help="One tile dataset per site (instead of --clients).", rich_help_panel=o.DATA),
     ] = None,
-    clients: Annotated[int, typer.Option(help="Number of clients when splitting one dataset by slide.")] = 5,
-    partition: Annotated[str, typer.Option(help="iid, dirichlet or by-site.")] = "iid",
-    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (smaller: more skewed).")] = 0.5,
-    rounds: Annotated[int, typer.Option(help="Server rounds (paper: 150).")] = 150,
-    local_epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
-    local_steps: Annotated[int | None, typer.Option(help="Local SGD steps per round (overrides epochs).")] = None,
-    fraction: Annotated[float, typer.Option(help="Poisson client-sampling rate per round.")] = 1.0,
-    model: Annotated[str, typer.Option(help="Model name (see `wsiseg models`).")] = "dhunet",
-    norm: Annotated[
-        str | None, typer.Option(help="batchnorm or groupnorm (default: groupnorm with DP, batchnorm without).")
-    ] = None,
-    img_size: Annotated[int | None, typer.Option(help="Model input size if the model needs it.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="ImageNet weights: a local file/folder.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 24,
-    lr: Annotated[float, typer.Option(help="Base learning rate (poly decay over all rounds).")] = 0.01,
-    dp: Annotated[
-        str,
-        typer.Option(
-            help=(
-                "none; central: the server clips and adds noise (epsilon for zero-out with the public roster); "
-                "local: clients clip and noise before upload (epsilon replace-one, against the server)."
-            )
-        ),
-    ] = "central",
-    sigma: Annotated[
-        float | None,
-        typer.Option("--sigma", "--noise-multiplier", help="Noise multiplier z (default 1.0, or calibrated)."),
-    ] = None,
-    clip: Annotated[float, typer.Option(help="Clip norm C of each client update.")] = 0.5,
-    clip_scope: Annotated[str, typer.Option(help="model (whole update) or layer (per tensor).")] = "model",
-    delta: Annotated[float, typer.Option(help="Delta of the (epsilon, delta) guarantee.")] = 1e-5,
-    target_epsilon: Annotated[
-        float | None, typer.Option(help="Calibrate sigma to this epsilon and stop before exceeding it.")
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(help="Seed initialisation, data split and order (never DP noise or client sampling)."),
-    ] = None,
-    noise_seed: Annotated[
-        int | None,
-        typer.Option(help="Seed DP noise and client sampling too: reproductions only (no amplification claimed)."),
-    ] = None,
-    eval_every: Annotated[int, typer.Option(help="Evaluate the global model every N rounds.")] = 1,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    runs: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
-    config: Annotated[Path | None, typer.Option(help="TOML file with any of these settings.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Run folder to continue after an interruption.")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the privacy plan and exit without training.")] = False,
+    clients: Annotated[
+        int, typer.Option(help="Number of clients when splitting one dataset by slide.", rich_help_panel=o.FEDERATION)
+    ] = 5,
+    partition: o.PartitionOpt = "iid",
+    alpha: Annotated[
+        float, typer.Option(help="Dirichlet concentration (smaller: more skewed).", rich_help_panel=o.FEDERATION)
+    ] = 0.5,
+    rounds: o.RoundsOpt = 150,
+    local_epochs: o.LocalEpochsOpt = 1,
+    local_steps: o.LocalStepsOpt = None,
+    fraction: o.FractionOpt = 1.0,
+    model: o.ModelOpt = "dhunet",
+    norm: o.NormOpt = None,
+    img_size: o.ImgSizeOpt = None,
+    pretrained: o.PretrainedOpt = None,
+    batch_size: o.BatchSize = 24,
+    lr: o.LrOpt = 0.01,
+    dp: o.DpOpt = DEFAULT_DP_MODE,
+    sigma: o.SigmaOpt = None,
+    clip: o.ClipOpt = 0.5,
+    clip_scope: o.ClipScopeOpt = "model",
+    delta: o.DeltaOpt = 1e-5,
+    target_epsilon: o.TargetEpsilonOpt = None,
+    seed: o.SeedOpt = None,
+    noise_seed: o.NoiseSeedOpt = None,
+    eval_every: Annotated[
+        int, typer.Option(help="Evaluate the global model every N rounds.", rich_help_panel=o.RUN)
+    ] = 1,
+    workers: o.WorkersOpt = 0,
+    device: o.DeviceOpt = "auto",
+    runs: o.RunsOpt = Path("runs"),
+    config: o.ConfigOpt = None,
+    resume: o.ResumeOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the privacy plan and exit without training.", rich_help_panel=o.PRIVACY)
+    ] = False,
 ) -> None:
     """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits."""
     from wsiseg.cli._console import console, given, merged_model_args
@@ -101,18 +92,17 @@ def fed_train(  # noqa: PLR0913
 def _printer(cfg: Any) -> Any:
     from wsiseg.cli._console import console
 
-    def show(rep: Any) -> None:
-        dice = f"{rep.dice:.4f}" if rep.dice is not None else "-"
-        line = f"round {rep.round:>3}/{cfg.rounds}  clients {len(rep.clients)}  loss {rep.loss:.4f}  Dice {dice}"
-        if cfg.dp != "none":
-            nts = rep.stats.get("noise_to_signal")
+    def show(rec: Any) -> None:
+        dice = f"{rec.dice:.4f}" if rec.dice is not None else "-"
+        loss = "-" if rec.loss != rec.loss else f"{rec.loss:.4f}"  # NaN under DP: the loss stays at the sites
+        line = f"round {rec.round:>3}/{cfg.rounds}  clients {len(rec.results)}  loss {loss}  Dice {dice}"
+        st = rec.stats
+        if cfg.private and st.noise_std_sum is not None:
             line += (
-                f"  | sigma {rep.stats.get('noise_std_sum', 0) / cfg.clip:.3g} C {cfg.clip} "
-                f"std sum {rep.stats.get('noise_std_sum', float('nan')):.3g} "
-                f"mean {rep.stats.get('noise_std_mean', float('nan')):.3g} "
-                f"noise/signal {nts:.3g}  epsilon {rep.epsilon:.4g}"
+                f"  | sigma {st.noise_std_sum / cfg.clip:.3g} C {cfg.clip} std sum {st.noise_std_sum:.3g} "
+                f"mean {st.noise_std_mean:.3g} noise/signal {st.noise_to_signal:.3g}  epsilon {rec.epsilon:.4g}"
             )
-        console.print(line + f"  ({rep.seconds:.1f} s)", highlight=False)
+        console.print(line + f"  ({rec.seconds:.1f} s)", highlight=False)
 
     return show
 

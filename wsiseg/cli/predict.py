@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from wsiseg.cli import _options as o
+
 __all__ = ["predict"]
 
 
@@ -16,13 +18,12 @@ def predict(
     out: Annotated[Path, typer.Option("--out", "-o", help="mask.tif for one slide, or a folder for several.")] = Path(
         "predictions"
     ),
-    model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Checkpoint (default: newest run in --runs).")
-    ] = None,
+    checkpoint: o.CheckpointOpt = None,
+    model: o.DeprecatedModelPath = None,
     runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
     workers: Annotated[int, typer.Option(help="Reader processes.")] = min(2, os.cpu_count() or 1),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: o.DeviceOpt = "auto",
     backend: Annotated[str, typer.Option(help="Slide reader: auto, openslide, tiffslide, pillow.")] = "auto",
     slide_mpp: Annotated[float | None, typer.Option(help="um/px for slides without mpp.")] = None,
     min_tissue: Annotated[float | None, typer.Option(help="Tissue fraction to predict a window.")] = None,
@@ -35,6 +36,7 @@ def predict(
 
     from wsiseg.classes import ClassTable
     from wsiseg.cli._console import batch_exit, console, make_progress
+    from wsiseg.cli._options import checkpoint_path
     from wsiseg.config import resolve_device
     from wsiseg.errors import CheckpointError, DataError, WsisegError
     from wsiseg.export.slide_mask import predict_to_tiff
@@ -45,10 +47,11 @@ def predict(
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
 
+    model = checkpoint_path(checkpoint, model)
     if model is None:
         run = latest_run(runs)
         if run is None:
-            msg = f"no trained run under {runs}/ (need checkpoints/final.json); train first or pass --model"
+            msg = f"no trained run under {runs}/ (need checkpoints/final.json); train first or pass --checkpoint"
             raise CheckpointError(msg)
         model = run / "checkpoints" / "final"
         console.print(f"using the newest run's final checkpoint: {model}", highlight=False)

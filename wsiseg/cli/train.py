@@ -7,32 +7,36 @@ from typing import Annotated
 
 import typer
 
+from wsiseg.cli import _options as o
+
 __all__ = ["train"]
 
 
-def train(
+def train(  # noqa: PLR0913
     ctx: typer.Context,
-    data: Annotated[list[Path] | None, typer.Option("--data", help="Tile dataset folder(s).")] = None,
-    model: Annotated[str, typer.Option(help="Model name (see `wsiseg models`).")] = "dhunet",
-    norm: Annotated[str | None, typer.Option(help="Decoder norm: batchnorm or groupnorm.")] = None,
-    pretrained: Annotated[
-        str | None, typer.Option(help="ImageNet weights: 'imagenet' (download) or a local file.")
+    data: o.DataOpt = None,
+    model: o.ModelOpt = "dhunet",
+    norm: o.NormOpt = None,
+    pretrained: o.PretrainedOpt = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=o.OPTIMISER)] = 150,
+    batch_size: o.BatchSize = 24,
+    lr: o.LrOpt = 0.01,
+    augment: Annotated[bool, typer.Option(help="Flips, rotation and HSV jitter.", rich_help_panel=o.DATA)] = True,
+    test_fraction: Annotated[float, typer.Option(help="Held-out fraction of slides.", rich_help_panel=o.DATA)] = 0.3,
+    folds: Annotated[
+        int, typer.Option(help="k-fold cross-validation by slide (0: one split).", rich_help_panel=o.DATA)
+    ] = 0,
+    fold: Annotated[int, typer.Option(help="Which fold to run.", rich_help_panel=o.DATA)] = 0,
+    seed: o.SeedOpt = None,
+    workers: o.WorkersOpt = 0,
+    device: o.DeviceOpt = "auto",
+    max_steps_per_epoch: Annotated[
+        int | None, typer.Option(help="Cap steps per epoch (quick runs).", rich_help_panel=o.OPTIMISER)
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 150,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 24,
-    lr: Annotated[float, typer.Option(help="Base learning rate (poly decay).")] = 0.01,
-    augment: Annotated[bool, typer.Option(help="Flips, rotation and HSV jitter.")] = True,
-    test_fraction: Annotated[float, typer.Option(help="Held-out fraction of slides.")] = 0.3,
-    folds: Annotated[int, typer.Option(help="k-fold cross-validation by slide (0: one split).")] = 0,
-    fold: Annotated[int, typer.Option(help="Which fold to run.")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed for init, split, order and augmentation.")] = 301,
-    workers: Annotated[int, typer.Option(help="DataLoader workers.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    max_steps_per_epoch: Annotated[int | None, typer.Option(help="Cap steps per epoch (quick runs).")] = None,
-    img_size: Annotated[int | None, typer.Option(help="Model input size if the model needs it.")] = None,
-    runs: Annotated[Path, typer.Option(help="Folder for run folders.")] = Path("runs"),
-    config: Annotated[Path | None, typer.Option(help="TOML file with any of these settings.")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Run folder to continue.")] = None,
+    img_size: o.ImgSizeOpt = None,
+    runs: o.RunsOpt = Path("runs"),
+    config: o.ConfigOpt = None,
+    resume: o.ResumeOpt = None,
 ) -> None:
     """Train one model on tiles (default ./tiles), evaluating on held-out slides after each epoch."""
     from wsiseg.cli._console import console, given, make_progress, merged_model_args

@@ -199,18 +199,23 @@ def _cycle(loader: DataLoader[Any]) -> Any:
             return
 
 
-def check_dp_model(model: nn.Module, dp: str) -> None:
+def check_dp_model(model: nn.Module, *, private: bool, mode: str) -> None:
     """Refuse models whose buffers hold data statistics when DP is on (they would leak unaccounted).
 
+    Args:
+        model: The model to check.
+        private: Whether the run's DP mode is private.
+        mode: The mode's name, for the message.
+
     Raises:
-        ConfigError: If a BatchNorm layer tracks running statistics under ``--dp central|local``.
+        ConfigError: If a BatchNorm layer tracks running statistics under a DP mode.
     """
-    if dp == "none":
+    if not private:
         return
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             msg = (
-                f"--dp {dp}: layer {name} is BatchNorm, whose running statistics come from client data "
+                f"--dp {mode}: layer {name} is BatchNorm, whose running statistics come from client data "
                 "and would be shared without noise; use --norm groupnorm"
             )
             raise ConfigError(msg)

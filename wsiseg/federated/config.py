@@ -8,6 +8,8 @@ from typing import Any
 
 from wsiseg.config import checked_kwargs
 from wsiseg.errors import ConfigError
+from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, PARTITIONS
+from wsiseg.federated.strategies import strategy_class
 
 __all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "PRIVATE_CONFIG_KEYS", "FedConfig"]
 
@@ -45,7 +47,7 @@ class FedConfig:
     poly_power: float = 0.9
     augment: bool = True
     test_fraction: float = 0.3
-    dp: str = "central"
+    dp: str = DEFAULT_DP_MODE
     sigma: float | None = None
     clip: float = 0.5
     clip_scope: str = "model"
@@ -54,14 +56,13 @@ class FedConfig:
     seed: int | None = None
     noise_seed: int | None = None
     eval_every: int = 1
-    client_eval: bool = False
     workers: int = 0
     device: str = "auto"
     amp: bool = True
 
     def __post_init__(self) -> None:
         checks = [
-            (self.dp in ("none", "central", "local"), f"--dp must be none, central or local, got {self.dp!r}"),
+            (self.dp in DP_MODES, f"--dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}"),
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
             (0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}"),
             (self.clip > 0, f"--clip must be > 0, got {self.clip}"),
@@ -70,9 +71,12 @@ class FedConfig:
             (self.clip_scope in ("model", "layer"), f"--clip-scope must be model or layer, got {self.clip_scope!r}"),
             (self.local_epochs >= 1, f"--local-epochs must be >= 1, got {self.local_epochs}"),
             (self.local_steps is None or self.local_steps >= 1, "--local-steps must be >= 1"),
-            (self.partition in ("iid", "dirichlet", "by-site"), f"unknown --partition {self.partition!r}"),
+            (
+                self.partition in PARTITIONS,
+                f"--partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}",
+            ),
             (self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon must be > 0"),
-            (self.dp != "none" or self.target_epsilon is None, "--target-epsilon needs --dp central or local"),
+            (self.private or self.target_epsilon is None, "--target-epsilon needs a DP mode (--dp)"),
             (self.noise_seed is None or self.noise_seed >= 0, "--noise-seed must be a non-negative integer"),
         ]
         for ok, msg in checks:
@@ -87,7 +91,7 @@ class FedConfig:
     @property
     def calibrates(self) -> bool:
         """True when sigma is derived from ``--target-epsilon`` (no explicit ``--sigma``)."""
-        return self.target_epsilon is not None and self.sigma is None and self.dp != "none"
+        return self.target_epsilon is not None and self.sigma is None and self.private
 
     @property
     def train_seed(self) -> int:
@@ -95,14 +99,14 @@ class FedConfig:
         return DEFAULT_TRAIN_SEED if self.seed is None else self.seed
 
     @property
-    def sensitivity(self) -> float:
-        """L2 sensitivity of one round's release in units of ``C``, under the relation each mode states.
+    def private(self) -> bool:
+        """Whether ``dp`` is a differentially private mode."""
+        return self.dp in DP_MODES and strategy_class(self.dp).private
 
-        ``central``: zero-out with a public roster (one client's clipped update replaced by nothing moves the
-        sum by at most ``C``). ``local``: replace-one against the server (two datasets of one client move its
-        clipped update by up to ``2C``).
-        """
-        return 2.0 if self.dp == "local" else 1.0
+    @property
+    def sensitivity(self) -> float:
+        """L2 sensitivity of one round's release in units of ``C``, under the relation the mode states."""
+        return strategy_class(self.dp).sensitivity
 
     def client_noise_seed(self, index: int) -> int | None:
         """Noise seed of simulated client ``index`` (None: OS entropy), derived from ``--noise-seed``."""

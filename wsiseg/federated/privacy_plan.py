@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wsiseg.federated.config import FedConfig
+from wsiseg.federated.strategies import strategy_class
 from wsiseg.privacy.accounting import meaningful_warning
 from wsiseg.privacy.calibrate import calibrate_noise_multiplier, privacy_plan
 from wsiseg.privacy.noise import noise_std_sum
@@ -20,7 +21,7 @@ def _dp_model(cfg: FedConfig) -> Any:
     from wsiseg.models import create_model  # noqa: PLC0415
 
     args = dict(cfg.model_args)
-    if cfg.dp != "none":
+    if cfg.private:
         args.setdefault("norm", "groupnorm")
     return create_model(cfg.model, num_classes=4, **args)
 
@@ -29,38 +30,28 @@ def check_dp_settings(cfg: FedConfig) -> int:
     """Build the model as a run would and refuse what DP cannot protect; returns its trainable parameters.
 
     Raises:
-        ConfigError: BatchNorm running statistics under ``--dp central|local``.
+        ConfigError: BatchNorm running statistics under a DP mode.
     """
     from wsiseg.federated.clients import check_dp_model  # noqa: PLC0415
 
     model = _dp_model(cfg)
-    check_dp_model(model, cfg.dp)
+    check_dp_model(model, private=cfg.private, mode=cfg.dp)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def accounted_sample_rate(cfg: FedConfig) -> float:
-    """The ``q`` the accountant uses: ``--fraction`` in central mode with the secret sampler, else 1.
-
-    Local mode: the server sees who sent each update. ``--noise-seed``: the schedule is reproducible from the
-    seed, hence predictable, so no amplification is claimed.
-    """
-    return cfg.fraction if cfg.dp == "central" and cfg.noise_seed is None else 1.0
+    """The ``q`` the accountant uses, by the mode's rule; ``--noise-seed`` makes sampling predictable."""
+    return strategy_class(cfg.dp).accounted_rate(cfg.fraction, secret_sampling=cfg.noise_seed is None)
 
 
 def relation_text(cfg: FedConfig) -> str:
     """The neighbouring relation the epsilon holds for, in one line."""
-    if cfg.dp == "local":
-        return ("replace-one against the server: any two datasets of one site (sensitivity 2C, accounted as "
-                "sigma/2), no amplification")  # fmt: skip
-    amp = ("Poisson sampling from a secret key (amplification claimed)" if accounted_sample_rate(cfg) < 1
-           else "no amplification" + (" (--noise-seed makes the schedule predictable)"
-                                      if cfg.fraction < 1 else ""))  # fmt: skip
-    return f"zero-out with the public roster of {_n_clients(cfg)} sites (sensitivity C); {amp}"
+    return strategy_class(cfg.dp).relation(_n_clients(cfg), cfg.fraction, secret_sampling=cfg.noise_seed is None)
 
 
 def seed_warnings(cfg: FedConfig) -> list[str]:
     """What ``--seed`` and ``--noise-seed`` mean for privacy, as warnings (empty without DP or seeds)."""
-    if cfg.dp == "none":
+    if not cfg.private:
         return []
     out = []
     if cfg.seed is not None and cfg.noise_seed is None:
@@ -90,10 +81,8 @@ def plan_rows(cfg: FedConfig, *, with_params: bool = True) -> dict[str, Any]:
     n_params = check_dp_settings(cfg) if with_params else None
     rows = privacy_plan(noise_multiplier=sigma, clip=cfg.clip, n_clients=k, sample_rate=q, rounds=cfg.rounds,
                         delta=cfg.delta, n_params=n_params, sensitivity=cfg.sensitivity)  # fmt: skip
-    # the mean divides by the public expected cohort q*K (central: one noise draw on the sum; local: one per
-    # site, so the mean of m sites carries sigma*C/sqrt(m)), whatever q the accountant may use
-    cohort = max(1e-9, cfg.fraction * k)
-    std_mean = noise_std_sum(sigma, cfg.clip) / (cohort if cfg.dp == "central" else max(1.0, cohort) ** 0.5)
+    # noise on the mean over the public expected cohort q*K, by the mode's rule, whatever q is accounted
+    std_mean = strategy_class(cfg.dp).noise_std_mean(noise_std_sum(sigma, cfg.clip), cfg.fraction * k)
     for r in rows:
         r["noise_std_mean"] = std_mean
         if n_params is not None:

@@ -21,7 +21,7 @@ from wsiseg.classes import ClassTable
 from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult, check_dp_model, trainable_state
 from wsiseg.federated.config import FedConfig
-from wsiseg.federated.strategies import DpFedAvg, FedAvg, RoundAggregate
+from wsiseg.federated.strategies import FedAvg, RoundAggregate, make_strategy, strategy_class
 from wsiseg.models import args_for_tiles, create_model
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
@@ -86,33 +86,35 @@ class ServerState:
         self.classes, self.tiling, self.roster = classes, tiling, list(roster)
         self.n_clients, self.federation = len(roster), federation
         model_args = args_for_tiles(cfg.model, cfg.model_args, int(tiling["size"]))
-        if cfg.dp != "none" and "norm" not in model_args:
+        self.mode = strategy_class(cfg.dp)
+        if self.mode.private and "norm" not in model_args:
             model_args["norm"] = "groupnorm"
         self.model_args = model_args
         torch.manual_seed(cfg.train_seed)
         self.model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
-        check_dp_model(self.model, cfg.dp)
+        check_dp_model(self.model, private=self.mode.private, mode=cfg.dp)
         self.model.to(device)
         self.global_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         seeded = cfg.noise_seed is not None
         self.sampler = ClientSampler.seeded(cfg.noise_seed) if seeded else ClientSampler.secret()  # type: ignore[arg-type]
         self.noise_rng, self.noise_seed_info = make_generator(cfg.noise_seed)
-        self.ledger = PrivacyLedger(delta=cfg.delta) if cfg.dp != "none" else None
+        self.ledger = PrivacyLedger(delta=cfg.delta) if self.mode.private else None
         self.sigma = cfg.noise_multiplier
         self.start_round = 1
 
     @property
     def sample_rate(self) -> float:
-        """Sampling rate used by the accountant.
+        """Sampling rate used by the accountant: the mode's rule (:meth:`FedAvg.accounted_rate`).
 
-        Central mode: the server adds the noise, and Poisson sampling of clients from a secret key amplifies
-        privacy towards anyone who sees the global model. With ``--noise-seed`` the schedule is reproducible,
-        hence predictable, and no amplification is claimed (rate 1). Local mode: the server sees each noised
-        update and knows who sent it, so the per-client guarantee against the server gets none either.
+        Amplification needs a schedule nobody can predict: with ``--noise-seed`` the sampler is reproducible
+        and no mode claims it.
         """
-        if self.cfg.dp == "central" and self.sampler.amplifies:
-            return self.cfg.fraction
-        return 1.0
+        return self.mode.accounted_rate(self.cfg.fraction, secret_sampling=self.sampler.amplifies)
+
+    @property
+    def private(self) -> bool:
+        """Whether the run is differentially private."""
+        return self.mode.private
 
     @property
     def expected_clients(self) -> float:
@@ -120,25 +122,22 @@ class ServerState:
         return max(1e-9, self.cfg.fraction * self.n_clients)
 
     def strategy(self) -> FedAvg:
-        """FedAvg without DP, else the DP wrapper with the server's noise generator."""
-        if self.cfg.dp == "none":
-            return FedAvg()
-        return DpFedAvg(self.cfg.dp, clip=self.cfg.clip, noise_multiplier=self.sigma, rng=self.noise_rng,
-                        scope=self.cfg.clip_scope)  # fmt: skip
+        """The mode's strategy with the server's noise generator."""
+        return make_strategy(
+            self.cfg.dp, clip=self.cfg.clip, noise_multiplier=self.sigma, rng=self.noise_rng, scope=self.cfg.clip_scope
+        )  # type: ignore[arg-type]
 
     def privacy_summary(self) -> dict[str, Any]:
         """The shareable privacy facts: epsilon, the relation it holds for, the public ledger; no seeds or counts."""
         if self.ledger is None:
-            return {"dp": "none", "epsilon": None, "note": "no differential privacy"}
+            return {"dp": self.cfg.dp, "epsilon": None, "note": "no differential privacy"}
         eps = self.ledger.epsilon() if self.ledger.entries else 0.0
-        local = self.cfg.dp == "local"
         return {
             "dp": self.cfg.dp, "noise_multiplier": self.sigma, "clip": self.cfg.clip, "delta": self.cfg.delta,
             "sample_rate": self.sample_rate, "client_fraction": self.cfg.fraction,
-            "amplification": self.sample_rate < 1.0, "sensitivity": self.cfg.sensitivity,
-            "neighbouring": ("replace-one: any two datasets of one client, against the server" if local else
-                             f"zero-out with the public roster of {self.n_clients} clients: one client's update "
-                             "replaced by nothing; the mean is divided by the public q*K"),
+            "amplification": self.sample_rate < 1.0, "sensitivity": self.mode.sensitivity,
+            "neighbouring": self.mode.relation(self.n_clients, self.cfg.fraction,
+                                               secret_sampling=self.sampler.amplifies),
             "rounds_released": len(self.ledger.entries), "epsilon": eps,
             "epsilon_rdp": self.ledger.epsilon(method="rdp") if self.ledger.entries else 0.0,
             "accountant": "dp_accounting PLD (headline), RDP (cross-check); client level",
@@ -159,26 +158,28 @@ class ServerState:
             card["federation"] = self.federation
         return card
 
-    def resume_state(self, client_rngs: list[np.random.Generator] | None = None) -> dict[str, Any]:
-        """Server-private state for --resume: generators, sampling key, seeds, full ledger. Never share it."""
+    def resume_state(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Server-private state for --resume: generators, sampling key, seeds, full ledger. Never share it.
+
+        ``extra`` adds the transport's private state (the simulated clients' noise generators).
+        """
         return {
-            "sampler": self.sampler.state_dict(), "noise_rng": rng_state(self.noise_rng),
-            "client_rngs": [rng_state(r) for r in client_rngs or []], "sigma": self.sigma,
+            "sampler": self.sampler.state_dict(), "noise_rng": rng_state(self.noise_rng), "sigma": self.sigma,
             "noise_seed": self.noise_seed_info, "train_seed": self.cfg.train_seed,
-            "ledger": self.ledger.state_dict() if self.ledger is not None else None,
+            "ledger": self.ledger.state_dict() if self.ledger is not None else None, **(extra or {}),
         }  # fmt: skip
 
-    def save_last(self, rnd: int, client_rngs: list[np.random.Generator] | None = None) -> None:
+    def save_last(self, rnd: int, extra: dict[str, Any] | None = None) -> None:
         """Write ``checkpoints/last`` (weights, card and resume state), owner-only."""
-        card = {**self.card(rnd), "resume": self.resume_state(client_rngs)}
+        card = {**self.card(rnd), "resume": self.resume_state(extra)}
         save_checkpoint(self.run_dir / "checkpoints" / "last", self.model, card, private=True)
 
     def save_final(self, rnd: int) -> None:
         """Write the shareable ``checkpoints/final`` (weights and :meth:`card` only)."""
         save_checkpoint(self.run_dir / "checkpoints" / "final", self.model, self.card(rnd))
 
-    def restore(self, client_rngs: list[np.random.Generator] | None = None) -> dict[str, Any]:
-        """Load ``checkpoints/last``: weights, generators, ledger and the next round; returns its card.
+    def restore(self) -> dict[str, Any]:
+        """Load ``checkpoints/last``: weights, generators, ledger and the next round; returns the resume state.
 
         Raises:
             PrivacyError: A resume state without a secret sampling key (written by an older wsiseg).
@@ -189,13 +190,11 @@ class ServerState:
         res = ckpt.card["resume"]
         self.sampler = ClientSampler.from_state(res.get("sampler"))  # type: ignore[arg-type]
         set_rng_state(self.noise_rng, res["noise_rng"])
-        for rng, st in zip(client_rngs or [], res["client_rngs"], strict=True):
-            set_rng_state(rng, st)
         self.sigma = float(res["sigma"])
         if self.ledger is not None:
             self.ledger.load_state_dict(res["ledger"])
         self.start_round = int(ckpt.card["round"]) + 1
-        return ckpt.card
+        return dict(res)
 
     def apply(self, agg: RoundAggregate) -> None:
         """Add the aggregated update (and averaged buffers) to the global weights."""
@@ -214,7 +213,7 @@ class ServerState:
             return None
         entry = self.ledger.record_round(round=rnd, noise_multiplier=self.sigma, sample_rate=self.sample_rate,
                                          clip=self.cfg.clip, n_clients_released=n_released,
-                                         sensitivity=self.cfg.sensitivity)  # fmt: skip
+                                         sensitivity=self.mode.sensitivity)  # fmt: skip
         return entry.epsilon_pld
 
     def budget_stop(self, rnd: int) -> str:
@@ -222,7 +221,7 @@ class ServerState:
         if self.ledger is None or self.cfg.target_epsilon is None:
             return ""
         projected = self.ledger.projected_epsilon(noise_multiplier=self.sigma, sample_rate=self.sample_rate,
-                                                  sensitivity=self.cfg.sensitivity)  # fmt: skip
+                                                  sensitivity=self.mode.sensitivity)  # fmt: skip
         if projected > self.cfg.target_epsilon * (1 + 1e-9):
             return f"stopped before round {rnd}: epsilon would reach {projected:.3f} > {self.cfg.target_epsilon}"
         return ""
@@ -235,7 +234,7 @@ def calibrate_sigma(state: ServerState) -> None:
         return
     from wsiseg.privacy.calibrate import calibrate_noise_multiplier  # noqa: PLC0415
 
-    state.sigma = cfg.sensitivity * calibrate_noise_multiplier(
+    state.sigma = state.mode.sensitivity * calibrate_noise_multiplier(
         target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,  # type: ignore[arg-type]
         sample_rate=state.sample_rate,
     )  # fmt: skip
@@ -247,14 +246,14 @@ def sample_clients(state: ServerState) -> list[int]:
 
 
 def aggregate_round(strategy: FedAvg, results: list[ClientResult], state: ServerState) -> RoundAggregate:
-    """Aggregate a round; with central DP and nobody sampled, the release is noise only (and still counts)."""
+    """Aggregate a round; with nobody answering, the mode decides (central DP: a noise-only release that counts)."""
     if results:
         return strategy.aggregate(results, expected_clients=state.expected_clients)
-    if state.cfg.dp == "central":
-        zero = {n: np.zeros_like(v) for n, v in trainable_state(state.model).items()}
-        return strategy.aggregate([ClientResult("none", zero, {}, 0, 0, math.nan, 0.0)],
-                                  expected_clients=state.expected_clients)  # fmt: skip
-    return RoundAggregate({}, {}, {"n_clients": 0})
+    return strategy.empty_round(trainable_state(state.model), expected_clients=state.expected_clients)
+
+
+def _cell(value: float | None) -> float | str:
+    return "" if value is None else value
 
 
 class RunLogs:
@@ -266,35 +265,40 @@ class RunLogs:
         self.clients = CsvLog(run_dir / "clients.csv", keep_until=("round", float(keep_until)))
         self.privacy = CsvLog(run_dir / "privacy.csv", keep_until=("round", float(keep_until)))
 
-    def write(  # noqa: PLR0913
-        self, rnd: int, run: ServerState, results: list[Any], stats: dict[str, Any], loss: float, dice: float | None,
-        eps: float | None, metrics: dict[str, Any], t_train: float, t_dp: float,
-    ) -> None:  # fmt: skip
-        """Append one round to rounds.csv, its clients to clients.csv and its ledger entry to privacy.csv."""
-        paper = metrics.get("paper", {}) if metrics else {}
+    def write(self, record: Any, run: ServerState) -> None:
+        """Append a round to rounds.csv, its clients to clients.csv and its ledger entry to privacy.csv.
+
+        Args:
+            record: The round's :class:`~wsiseg.federated.loop.RoundRecord`.
+            run: The server state (settings and ledger).
+        """
+        st, dice = record.stats, record.dice
+        paper = record.metrics.get("paper", {}) if record.metrics else {}
+        t_train = record.train_seconds
         self.rounds.append({
-            "round": rnd, "clients": len(results), "train_loss": loss,
+            "round": record.round, "clients": len(record.results), "train_loss": record.loss,
             "test_dice": dice if dice is not None else "", "test_jaccard": paper.get("jaccard", "") if dice else "",
-            "test_acc": paper.get("acc", "") if dice else "", "epsilon": eps if eps is not None else "",
-            "noise_to_signal": stats.get("noise_to_signal", ""), "train_seconds": t_train, "dp_agg_seconds": t_dp,
-            "dp_overhead": t_dp / t_train if t_train > 0 else "",
+            "test_acc": paper.get("acc", "") if dice else "",
+            "epsilon": record.epsilon if record.epsilon is not None else "",
+            "noise_to_signal": _cell(st.noise_to_signal),
+            "train_seconds": t_train, "dp_agg_seconds": record.dp_seconds,
+            "dp_overhead": record.dp_seconds / t_train if t_train > 0 else "",
         })  # fmt: skip
-        norms = stats.get("pre_clip_norms") or stats.get("update_norms") or []
-        dp = run.cfg.dp != "none"
-        for i, r in enumerate(results):
-            norm = norms[i] if i < len(norms) else ""
+        for i, r in enumerate(record.results):
+            norm = st.update_norms[i] if i < len(st.update_norms) else math.nan
+            known = not math.isnan(norm)
             self.clients.append({
-                "round": rnd, "client": r.name, "examples": r.n_examples, "steps": r.steps, "loss": r.loss,
-                "update_norm": norm, "clipped": (norm > run.cfg.clip) if dp and norm != "" else "",
+                "round": record.round, "client": r.name, "examples": r.n_examples, "steps": r.steps, "loss": r.loss,
+                "update_norm": norm if known else "", "clipped": (norm > run.cfg.clip) if run.private and known else "",
             })  # fmt: skip
         if run.ledger is not None and run.ledger.entries:
             e = run.ledger.entries[-1]
             self.privacy.append({
-                "round": rnd, "sigma": e.noise_multiplier, "clip": e.clip, "sample_rate": e.sample_rate,
-                "clients_released": e.n_clients_released, "noise_std_sum": stats.get("noise_std_sum", ""),
-                "noise_std_mean": stats.get("noise_std_mean", ""),
-                "noise_to_signal": stats.get("noise_to_signal", ""),
-                "epsilon_pld": e.epsilon_pld, "epsilon_rdp": e.epsilon_rdp, "delta": run.cfg.delta,
+                "round": record.round, "sigma": e.noise_multiplier, "clip": e.clip, "sample_rate": e.sample_rate,
+                "sensitivity": e.sensitivity, "clients_released": e.n_clients_released,
+                "noise_std_sum": _cell(st.noise_std_sum), "noise_std_mean": _cell(st.noise_std_mean),
+                "noise_to_signal": _cell(st.noise_to_signal), "epsilon_pld": e.epsilon_pld,
+                "epsilon_rdp": e.epsilon_rdp, "delta": run.cfg.delta,
             })  # fmt: skip
 
     def plots(self) -> None:

@@ -1,27 +1,78 @@
-"""FedAvg and the DP wrapper: what the server does with the clients' results each round.
+"""FedAvg and the DP modes that wrap it: what a site releases and what the server does with the releases.
 
-The maths lives in ``wsiseg.federated.aggregate`` (pure functions). These classes only hold settings and
-the noise generator, so the in-process simulation and the Flower server run the same code.
+Each DP mode is one class that wraps the plain aggregation strategy (the shape of Flower's DP strategies) and
+owns every rule that depends on the mode: the sample rate the accountant may use, the sensitivity and the
+neighbouring relation it holds for, what leaves a site (:meth:`FedAvg.release`) and which scalars go with it
+(:meth:`FedAvg.reply_meta`), the denominator of the mean and the noise. :data:`STRATEGIES` registers them by
+name; the rest of wsiseg asks the registry (:func:`strategy_class`) and never compares mode names. Adding a
+mode means adding one class and one registry entry.
+
+The maths lives in ``wsiseg.federated.aggregate`` (pure functions), so the in-process simulation and the
+Flower server run the same code.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from wsiseg.errors import ConfigError
 from wsiseg.federated.aggregate import dp_client_update_local, dp_fedavg_central, fedavg
 from wsiseg.federated.clients import ClientResult
-from wsiseg.privacy.clipping import global_l2_norm
+from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, DpMode
+from wsiseg.privacy.clipping import ClipScope, global_l2_norm
 from wsiseg.privacy.noise import noise_std_sum
 
-__all__ = ["DP_MODES", "DpFedAvg", "FedAvg", "RoundAggregate"]
+__all__ = [
+    "DEFAULT_DP_MODE",
+    "DP_MODES",
+    "STRATEGIES",
+    "CentralDp",
+    "DpMode",
+    "DpWrapper",
+    "FedAvg",
+    "LocalDp",
+    "RoundAggregate",
+    "RoundStats",
+    "make_strategy",
+    "strategy_class",
+]
 
-DP_MODES = ("none", "central", "local")
 Update = dict[str, np.ndarray]
+
+
+@dataclass
+class RoundStats:
+    """Diagnostics of one aggregation, the same fields in every mode (``None``: not known in this mode).
+
+    Attributes:
+        n_clients: Client releases aggregated.
+        update_norms: Each client's update norm before clipping, as far as the server may know it (NaN where
+            the site keeps it).
+        fraction_clipped: Fraction of clients whose update was scaled down.
+        noise_std_sum: Per-coordinate noise std on the sum (``sigma * C``).
+        noise_std_mean: Per-coordinate noise std on the mean.
+        noise_norm: L2 norm of the noise on the mean.
+        noise_to_signal: ``noise_norm`` over the norm of the clipped mean (or its bound).
+        mean_update_norm: L2 norm of the aggregated update.
+    """
+
+    n_clients: int
+    update_norms: list[float] = field(default_factory=list)
+    fraction_clipped: float | None = None
+    noise_std_sum: float | None = None
+    noise_std_mean: float | None = None
+    noise_norm: float | None = None
+    noise_to_signal: float | None = None
+    mean_update_norm: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
 
 
 @dataclass
@@ -30,108 +81,255 @@ class RoundAggregate:
 
     update: Update
     buffers: dict[str, np.ndarray]
-    stats: dict[str, Any]
+    stats: RoundStats
 
 
 class FedAvg:
-    """Plain FedAvg (McMahan et al. 2017): example-weighted mean of updates and buffers."""
+    """Plain FedAvg (McMahan et al. 2017): example-weighted mean of updates and buffers; no privacy."""
 
-    dp_mode = "none"
+    mode: ClassVar[DpMode] = "none"
+    #: Whether the mode is differentially private (a ledger, GroupNorm models, no data-dependent scalars).
+    private: ClassVar[bool] = False
+    #: Order of protection for a site's ``--require-dp`` (higher protects more).
+    protection: ClassVar[int] = 0
+    #: L2 sensitivity of one round's release in units of ``C``, under :meth:`relation`.
+    sensitivity: ClassVar[float] = 1.0
+    #: Whether a site draws noise for its release (it then needs its own generator).
+    noises_at_site: ClassVar[bool] = False
 
-    def client_release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
-        """What a client sends: without DP, its raw update and buffers."""
+    @classmethod
+    def accounted_rate(cls, fraction: float, *, secret_sampling: bool) -> float:
+        """The client sample rate the accountant may use (1: no amplification claimed)."""
+        del fraction, secret_sampling
+        return 1.0
+
+    @classmethod
+    def relation(cls, n_clients: int, fraction: float, *, secret_sampling: bool) -> str:
+        """The neighbouring relation the mode's epsilon holds for, in one line."""
+        del n_clients, fraction, secret_sampling
+        return "no differential privacy"
+
+    @classmethod
+    def noise_std_mean(cls, std_sum: float, cohort: float) -> float:
+        """Per-coordinate noise std on the mean of an expected cohort of ``cohort`` clients (0: no noise)."""
+        del std_sum, cohort
+        return 0.0
+
+    def release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
+        """What a site sends: without DP, its raw update and buffers."""
         del rng
         return result
+
+    def reply_meta(self, result: ClientResult) -> dict[str, float | int]:
+        """The scalars that leave the site with the release: without DP the counts and loss (they weight)."""
+        return {"steps": int(result.steps), "n_examples": int(result.n_examples), "loss": float(result.loss)}
+
+    def received(self, released: ClientResult) -> ClientResult:
+        """What the server gets of a release: its tensors and :meth:`reply_meta`, nothing the site keeps.
+
+        The simulation passes every release through this, and the Flower reply carries exactly these fields
+        (:func:`wsiseg.federated.flower.messages.reply_to_result`), so both paths record the same round.
+        """
+        meta = self.reply_meta(released)
+        return ClientResult(released.name, released.update, released.buffers, int(meta.get("n_examples", 1)),
+                            int(meta.get("steps", 0)), float(meta.get("loss", math.nan)), 0.0)  # fmt: skip
 
     def aggregate(self, results: Sequence[ClientResult], *, expected_clients: float) -> RoundAggregate:
         """Example-weighted mean of the clients' updates and buffers."""
         del expected_clients
         weights = [float(r.n_examples) for r in results]
         update = fedavg([r.update for r in results], weights)
-        buffers = _average_buffers(results, weights)
-        norms = [global_l2_norm(r.update) for r in results]
-        return RoundAggregate(update, buffers, {"update_norms": norms, "mean_update_norm": global_l2_norm(update)})
+        stats = RoundStats(len(results), [global_l2_norm(r.update) for r in results],
+                           mean_update_norm=global_l2_norm(update))  # fmt: skip
+        return RoundAggregate(update, _average_buffers(results, weights), stats)
+
+    def empty_round(self, template: Update, *, expected_clients: float) -> RoundAggregate:
+        """The aggregate of a round in which no client was sampled: nothing moves."""
+        del template, expected_clients
+        return RoundAggregate({}, {}, RoundStats(0))
 
 
-class DpFedAvg(FedAvg):
-    """DP-FedAvg with client-level clipping to ``C`` and Gaussian noise ``N(0, sigma^2 C^2)``.
+class DpWrapper(FedAvg):
+    """Base of the DP modes: wraps an inner strategy with client-level clipping to ``C`` and Gaussian noise.
 
-    ``central`` (FedDP eq. 11): the server clips each update and adds the noise once to the sum, then divides
-    by the expected number of clients (equal weights: weighting by examples would change the sensitivity).
-    ``local`` (FedDP Fig. 1): each client clips and adds the noise before upload, so the server never sees a
-    raw update; the server averages the noised updates. No buffers are shared in either mode.
+    No buffers and no data-dependent scalars leave a site; weights are equal (weighting by examples would
+    change the sensitivity). Subclasses decide where the noise is added.
 
     Args:
-        mode: ``"central"`` or ``"local"``.
+        inner: The wrapped aggregation strategy (plain FedAvg by default).
         clip: Clipping bound ``C``.
         noise_multiplier: ``sigma`` (noise std on the sum is ``sigma * C``).
-        rng: Server noise generator (central mode).
+        rng: The noise generator of whoever adds the noise (the server in central mode, the site in local).
         scope: ``"model"`` or ``"layer"`` clipping.
+
+    Raises:
+        ConfigError: ``clip <= 0`` or ``sigma < 0``.
     """
+
+    private = True
 
     def __init__(
         self,
-        mode: str,
+        inner: FedAvg | None = None,
         *,
         clip: float,
         noise_multiplier: float,
-        rng: np.random.Generator,
-        scope: str = "model",
+        rng: np.random.Generator | None = None,
+        scope: ClipScope = "model",
     ) -> None:
-        if mode not in ("central", "local"):
-            msg = f"unknown DP mode {mode!r}; use none, central or local"
-            raise ConfigError(msg)
-        if not clip > 0 or noise_multiplier < 0:
+        if not clip > 0 or not noise_multiplier >= 0:
             msg = f"--clip must be > 0 and --sigma >= 0, got {clip} and {noise_multiplier}"
             raise ConfigError(msg)
-        self.dp_mode, self.clip, self.noise_multiplier, self.rng, self.scope = (
-            mode,
-            clip,
-            noise_multiplier,
-            rng,
-            scope,
-        )
+        self.inner = inner if inner is not None else FedAvg()
+        self.clip, self.noise_multiplier, self.rng, self.scope = clip, noise_multiplier, rng, scope
 
-    def client_release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
-        """Local mode: clip and noise on the client with its own generator. Central: raw update, no buffers."""
-        if self.dp_mode != "local":
-            return ClientResult(result.name, result.update, {}, result.n_examples, result.steps, result.loss,
-                                result.seconds)  # fmt: skip
-        if rng is None:
-            msg = "local DP needs the client's noise generator"
+    def reply_meta(self, result: ClientResult) -> dict[str, float | int]:
+        """Under DP nothing but the update tensors leaves a site (no counts, no loss)."""
+        del result
+        return {}
+
+    def _rng(self) -> np.random.Generator:
+        if self.rng is None:
+            msg = f"--dp {self.mode}: this side adds the noise but was given no noise generator"
             raise ConfigError(msg)
-        pre = global_l2_norm(result.update)
-        noised, _ = dp_client_update_local(
-            result.update, clip_norm=self.clip, noise_multiplier=self.noise_multiplier, rng=rng,
-            scope=self.scope,  # type: ignore[arg-type]
-        )  # fmt: skip
-        out = ClientResult(result.name, noised, {}, result.n_examples, result.steps, result.loss, result.seconds)
-        out.pre_clip_norm = pre  # type: ignore[attr-defined]
-        return out
+        return self.rng
+
+
+class CentralDp(DpWrapper):
+    """Central DP (FedDP eq. 11): the server clips, sums, adds the noise once.
+
+    Sites send raw updates; the server clips, sums, adds ``N(0, sigma^2 C^2)`` once and divides by the public
+    expected cohort ``q * K``. Zero-out with a public roster; amplification by Poisson sampling when the
+    schedule comes from a secret key. Protects the released model, not the updates from the server.
+    """
+
+    mode = "central"
+    protection = 1
+
+    @classmethod
+    def accounted_rate(cls, fraction: float, *, secret_sampling: bool) -> float:
+        """``--fraction`` when sampling is secret, else 1 (a predictable schedule amplifies nothing)."""
+        return fraction if secret_sampling else 1.0
+
+    @classmethod
+    def relation(cls, n_clients: int, fraction: float, *, secret_sampling: bool) -> str:
+        """Zero-out with the public roster, with or without amplification."""
+        if cls.accounted_rate(fraction, secret_sampling=secret_sampling) < 1:
+            amp = "Poisson sampling from a secret key (amplification claimed)"
+        else:
+            amp = "no amplification" + (" (--noise-seed makes the schedule predictable)" if fraction < 1 else "")
+        return (f"zero-out with the public roster of {n_clients} sites: one site's update replaced by nothing, "
+                f"the mean divided by the public q*K (sensitivity C); {amp}")  # fmt: skip
+
+    @classmethod
+    def noise_std_mean(cls, std_sum: float, cohort: float) -> float:
+        """One draw on the sum, divided by the public expected cohort."""
+        return std_sum / max(1e-9, cohort)
+
+    def release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
+        """The raw update of the trainable parameters, no buffers: the server clips and adds the noise."""
+        del rng
+        return ClientResult(result.name, result.update, {}, result.n_examples, result.steps, result.loss,
+                            result.seconds)  # fmt: skip
 
     def aggregate(self, results: Sequence[ClientResult], *, expected_clients: float) -> RoundAggregate:
-        """Central: clip, sum, add noise once, divide by ``expected_clients``. Local: mean of noised updates."""
-        updates = [r.update for r in results]
-        if self.dp_mode == "central":
-            mean, st = dp_fedavg_central(
-                updates, clip_norm=self.clip, noise_multiplier=self.noise_multiplier, rng=self.rng,
-                scope=self.scope, denominator=expected_clients,  # type: ignore[arg-type]
-            )  # fmt: skip
-            return RoundAggregate(mean, {}, st.as_dict())
-        mean = fedavg(updates, None)
-        pre = [(r.pre_clip_norm if r.pre_clip_norm is not None else float("nan")) for r in results]
-        clipped_bound = [min(p, self.clip) for p in pre]
-        std_mean = noise_std_sum(self.noise_multiplier, self.clip) / np.sqrt(len(results))
-        n_params = sum(v.size for v in mean.values())
-        noise_norm = float(std_mean * np.sqrt(n_params))
-        signal = float(np.mean(clipped_bound)) if clipped_bound else 0.0
-        stats = {
-            "n_clients": len(results), "pre_clip_norms": pre,
-            "fraction_clipped": float(np.mean([p > self.clip for p in pre])) if pre else 0.0,
-            "noise_std_sum": noise_std_sum(self.noise_multiplier, self.clip), "noise_std_mean": float(std_mean),
-            "noise_norm": noise_norm, "noise_to_signal": noise_norm / signal if signal > 0 else float("inf"),
-        }  # fmt: skip
+        """Clip, sum, add the noise once, divide by ``expected_clients``."""
+        mean, st = dp_fedavg_central(
+            [r.update for r in results], clip_norm=self.clip, noise_multiplier=self.noise_multiplier,
+            rng=self._rng(), scope=self.scope, denominator=expected_clients,
+        )  # fmt: skip
+        stats = RoundStats(st.n_clients, list(st.pre_clip_norms), st.fraction_clipped, st.noise_std_sum,
+                           st.noise_std_mean, st.noise_norm, st.noise_to_signal, global_l2_norm(mean))  # fmt: skip
         return RoundAggregate(mean, {}, stats)
+
+    def empty_round(self, template: Update, *, expected_clients: float) -> RoundAggregate:
+        """Nobody sampled: the release is noise only (and still counts in the ledger)."""
+        zero = {n: np.zeros_like(v) for n, v in template.items()}
+        return self.aggregate([ClientResult("none", zero, {}, 0, 0, math.nan, 0.0)], expected_clients=expected_clients)
+
+
+class LocalDp(DpWrapper):
+    """Local DP (FedDP Fig. 1): each site noises its own update.
+
+    Each site clips and adds ``N(0, sigma^2 C^2)`` with its own generator before upload; the
+    server averages the noised updates. Replace-one against the server (sensitivity ``2C``), no amplification
+    (the server knows who sent what).
+    """
+
+    mode = "local"
+    protection = 2
+    sensitivity = 2.0
+    noises_at_site = True
+
+    @classmethod
+    def relation(cls, n_clients: int, fraction: float, *, secret_sampling: bool) -> str:
+        """Replace-one against the server."""
+        del n_clients, fraction, secret_sampling
+        return ("replace-one against the server: any two datasets of one site (sensitivity 2C, accounted as "
+                "sigma/2), no amplification")  # fmt: skip
+
+    @classmethod
+    def noise_std_mean(cls, std_sum: float, cohort: float) -> float:
+        """One draw per site: the mean of ``m`` sites carries ``sigma * C / sqrt(m)``."""
+        return std_sum / max(1.0, cohort) ** 0.5
+
+    def release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
+        """Clip and noise at the site with the site's own generator ``rng``."""
+        if rng is None:
+            msg = "--dp local: the site releases with its own noise generator, and none was given"
+            raise ConfigError(msg)
+        pre = global_l2_norm(result.update)
+        noised, _ = dp_client_update_local(result.update, clip_norm=self.clip, noise_multiplier=self.noise_multiplier,
+                                           rng=rng, scope=self.scope)  # fmt: skip
+        return ClientResult(result.name, noised, {}, result.n_examples, result.steps, result.loss, result.seconds,
+                            pre_clip_norm=pre)  # fmt: skip
+
+    def aggregate(self, results: Sequence[ClientResult], *, expected_clients: float) -> RoundAggregate:
+        """The inner strategy's mean of the noised releases, with equal weights."""
+        del expected_clients
+        equal = [ClientResult(r.name, r.update, {}, 1, 0, math.nan, 0.0) for r in results]
+        mean = self.inner.aggregate(equal, expected_clients=float(len(results))).update
+        pre = [(r.pre_clip_norm if r.pre_clip_norm is not None else math.nan) for r in results]
+        std_sum = noise_std_sum(self.noise_multiplier, self.clip)
+        std_mean = std_sum / np.sqrt(len(results))
+        noise_norm = float(std_mean * np.sqrt(sum(v.size for v in mean.values())))
+        signal = float(np.mean([min(p, self.clip) for p in pre])) if pre else 0.0
+        stats = RoundStats(
+            len(results), pre, float(np.mean([p > self.clip for p in pre])) if pre else 0.0, std_sum, float(std_mean),
+            noise_norm, noise_norm / signal if signal > 0 else math.inf, global_l2_norm(mean),
+        )  # fmt: skip
+        return RoundAggregate(mean, {}, stats)
+
+
+#: The registry of modes by ``--dp`` name.
+STRATEGIES: dict[str, type[FedAvg]] = {cls.mode: cls for cls in (FedAvg, CentralDp, LocalDp)}
+if set(STRATEGIES) != set(DP_MODES) or DEFAULT_DP_MODE not in STRATEGIES:  # pragma: no cover
+    msg = f"DP modes {DP_MODES} and registered strategies {tuple(STRATEGIES)} differ"
+    raise ImportError(msg)
+
+
+def strategy_class(mode: str) -> type[FedAvg]:
+    """The class of DP mode ``mode``.
+
+    Raises:
+        ConfigError: An unknown mode, naming the allowed ones.
+    """
+    try:
+        return STRATEGIES[mode]
+    except KeyError:
+        msg = f"--dp must be one of {', '.join(STRATEGIES)}, got {mode!r}"
+        raise ConfigError(msg) from None
+
+
+def make_strategy(
+    mode: str, *, clip: float, noise_multiplier: float, rng: np.random.Generator | None = None,
+    scope: ClipScope = "model",
+) -> FedAvg:  # fmt: skip
+    """An instance of mode ``mode`` (plain FedAvg for ``none``)."""
+    cls = strategy_class(mode)
+    if not cls.private:
+        return cls()
+    return cls(clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=scope)  # type: ignore[call-arg]
 
 
 def _average_buffers(results: Sequence[ClientResult], weights: Sequence[float]) -> dict[str, np.ndarray]:

@@ -143,7 +143,7 @@ def load_checkpoint(path: str | Path, *, with_state: bool = False) -> Checkpoint
     """
     weights_path, card_path, state_path = checkpoint_paths(path)
     if not card_path.is_file() or not weights_path.is_file():
-        msg = f"{card_path.with_suffix('')}: checkpoint not found (need .safetensors and .json); check --model"
+        msg = f"{card_path.with_suffix('')}: checkpoint not found (need .safetensors and .json); check --checkpoint"
         raise CheckpointError(msg)
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))

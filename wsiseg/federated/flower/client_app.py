@@ -8,8 +8,8 @@ site's policy: ``require-dp``, ``min-sigma``, ``max-clip`` and, for reproduction
 Per round the site: loads the global weights, trains with the shared loop
 (:func:`wsiseg.federated.clients.local_update`, seeded from ``(seed, round, client index)``), then applies
 the DP mode before anything leaves: ``local`` clips and noises with the site's own generator
-(:meth:`DpFedAvg.client_release`), ``central`` clips to ``C`` (the server clips again and adds the noise),
-``none`` sends the raw update and normalisation buffers. The site's noise never depends on anything the
+(:meth:`FedAvg.release` of the mode), ``central`` sends the raw update without buffers (the server clips and
+adds the noise), ``none`` sends the raw update and normalisation buffers. The site's noise never depends on anything the
 server sends (see :mod:`wsiseg.federated.flower.site`).
 """
 
@@ -70,6 +70,7 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     from wsiseg.federated.flower.site import ReleaseLog, SitePolicy, load_site, request_digest  # noqa: PLC0415
     from wsiseg.federated.rounds import local_training  # noqa: PLC0415
     from wsiseg.models import create_model  # noqa: PLC0415
+    from wsiseg.privacy.clipping import global_l2_norm  # noqa: PLC0415
 
     conf = content.config_records["config"]
     cfg = FedConfig.from_dict(json.loads(str(conf["fed-config"])))
@@ -81,10 +82,9 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     releases = ReleaseLog(Path(str(node["state-dir"])), str(conf["run-key"]))
     stored = releases.replay(site, rnd, digest)
     if stored is not None:
-        update, reply = stored
+        update, meta = stored
         log.info("site %s round %d: identical request resent; resending the same release", site, rnd)
-        return result_to_reply(ClientResult(site, update, {}, 1, int(reply.get("steps", 0)), math.nan, 0.0),
-                               dp=cfg.dp)  # fmt: skip
+        return result_to_reply(ClientResult(site, update, {}, 1, 0, math.nan, 0.0), meta)
     client = load_site(node["data"], name=site, index=index, test_fraction=cfg.test_fraction, seed=seed)
     device = resolve_device(str(node.get("device", "auto")))
     model = create_model(cfg.model, num_classes=len(client.train.classes), **json.loads(str(conf["model-args"])))
@@ -94,42 +94,33 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
 
     res = local_update(model, glob, client, local_training(cfg, device), round_index=rnd, total_rounds=cfg.rounds,
                        seed=seed, client_index=index)  # fmt: skip
-    released = _release(cfg, sigma, res, node)
-    if cfg.dp != "none":
-        releases.record(rnd, digest, released.update, {"steps": 0})
+    strategy, released = _release(cfg, sigma, res, node)
+    if strategy.private:
+        releases.record(rnd, digest, released.update, strategy.reply_meta(released))
+    pre = released.pre_clip_norm if released.pre_clip_norm is not None else global_l2_norm(res.update)
     log.info("site %s round %d: %d steps, loss %.4f, pre-clip norm %.4g, %.1f s (kept at the site)",
-             client.name, rnd, res.steps, res.loss, released.pre_clip_norm or float("nan"),
-             time.perf_counter() - t0)  # fmt: skip
-    return result_to_reply(released, dp=cfg.dp)
+             client.name, rnd, res.steps, res.loss, pre, time.perf_counter() - t0)  # fmt: skip
+    return result_to_reply(released, strategy.reply_meta(released))
 
 
 def _release(cfg: Any, sigma: float, res: Any, node: dict[str, Any]) -> Any:
-    """Apply the DP mode with the same code as the simulation (``DpFedAvg.client_release``).
+    """Apply the DP mode with the same code as the simulation (:meth:`FedAvg.release`).
 
-    Local mode draws the noise from the site's own generator (:class:`NoiseState`), saved before the release
-    leaves, so a crash can never make the site reuse noise for another round.
+    Modes that noise at the site draw from the site's own generator (:class:`NoiseState`), saved before the
+    release leaves, so a crash can never make the site reuse noise for another round.
     """
-    from wsiseg.federated.clients import ClientResult  # noqa: PLC0415
     from wsiseg.federated.flower.site import NoiseState  # noqa: PLC0415
-    from wsiseg.federated.strategies import DpFedAvg  # noqa: PLC0415
-    from wsiseg.privacy.clipping import clip_update, global_l2_norm  # noqa: PLC0415
+    from wsiseg.federated.strategies import make_strategy  # noqa: PLC0415
 
-    if cfg.dp == "none":
-        return res
-    if cfg.dp == "central":  # only a clipped update leaves; the server's own clip is then a no-op
-        clipped, info = clip_update(res.update, cfg.clip, scope=cfg.clip_scope)
-        out = ClientResult(res.name, clipped, {}, res.n_examples, res.steps, res.loss, res.seconds)
-        out.pre_clip_norm = info.pre_clip_norm
-        return out
+    strategy = make_strategy(cfg.dp, clip=cfg.clip, noise_multiplier=sigma, scope=cfg.clip_scope)
+    if not strategy.noises_at_site:
+        return strategy, strategy.release(res)
     seed = str(node.get("noise-seed", "")).strip()
     noise = NoiseState(Path(str(node["state-dir"])), "site", int(seed) if seed else None)
     rng = noise.generator()
-    strategy = DpFedAvg("local", clip=cfg.clip, noise_multiplier=sigma, rng=rng, scope=cfg.clip_scope)
-    out = strategy.client_release(res, rng)
+    out = strategy.release(res, rng)
     noise.save(rng)
-    if out.pre_clip_norm is None:
-        out.pre_clip_norm = global_l2_norm(res.update)
-    return out
+    return strategy, out
 
 
 @app.query()

@@ -17,6 +17,7 @@ from pathlib import Path
 from wsiseg.errors import ConfigError, WsisegError
 from wsiseg.federated.flower import launch
 from wsiseg.federated.flower.server_loop import ServerSpec
+from wsiseg.federated.strategies import FedAvg
 from wsiseg.fileio import atomic_write_text, private_dir
 
 __all__ = ["ServerHandle", "SiteOptions", "run_server", "start_site"]
@@ -148,7 +149,7 @@ class SiteOptions:
     node_key: Path | None
     port: int = 9094
     device: str = "auto"
-    require_dp: str = "none"
+    require_dp: str = FedAvg.mode
     threads: int | None = None
     min_sigma: float = 0.5
     max_clip: float | None = None

@@ -36,12 +36,9 @@ def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def result_to_reply(result: ClientResult, *, dp: str) -> RecordDict:
-    """Pack what a site releases. With DP only the update tensors leave the site (no counts, no loss)."""
-    meta: dict[str, float | int] = {}
-    if dp == "none":
-        meta.update({"steps": int(result.steps), "n_examples": int(result.n_examples), "loss": float(result.loss)})
-    content = RecordDict({"update": numpy_to_arrays(result.update), "meta": MetricRecord(meta)})
+def result_to_reply(result: ClientResult, meta: dict[str, float | int]) -> RecordDict:
+    """Pack what a site releases: the tensors and the scalars its mode lets leave (``FedAvg.reply_meta``)."""
+    content = RecordDict({"update": numpy_to_arrays(result.update), "meta": MetricRecord(dict(meta))})
     if result.buffers:
         content["buffers"] = numpy_to_arrays(result.buffers)
     content["site"] = ConfigRecord({"name": result.name})
@@ -49,7 +46,7 @@ def result_to_reply(result: ClientResult, *, dp: str) -> RecordDict:
 
 
 def reply_to_result(content: RecordDict) -> ClientResult:
-    """Unpack a site's reply into the ``ClientResult`` the strategies aggregate.
+    """Unpack a site's reply into the ``ClientResult`` the strategies aggregate (as ``FedAvg.received`` does).
 
     Without DP the example count weights FedAvg; under DP weights are equal and it is not sent (set to 1).
     """

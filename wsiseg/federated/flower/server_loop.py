@@ -1,8 +1,8 @@
 """The round loop of a multi-site run, driven through a Flower ``Grid`` (the ServerApp's body).
 
-It runs the same pieces as the in-process simulation (:func:`wsiseg.federated.rounds.run_federated`):
-client sampling, the strategy (:class:`FedAvg` / :class:`DpFedAvg`), the privacy ledger, the run logs and
-checkpointing every round. Only the local training moves to the sites.
+It runs the one round loop (:func:`wsiseg.federated.loop.run_rounds`) that the in-process simulation runs,
+over the :class:`FlowerSites` transport: client sampling, the DP mode, the privacy ledger, the run logs and
+checkpointing every round are the same code. Only the local training moves to the sites.
 
 Sites are identified by name. Each site has a fixed client index (its position in ``sites``), so local
 training and local-DP noise use the same seeds as the simulation's client ``i``, and results are
@@ -18,25 +18,25 @@ meantime join) up to ``round_retries`` times, then the run stops with the last r
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import ConfigError, WsisegError
 from wsiseg.federated.config import FedConfig
+from wsiseg.federated.flower.defaults import DEFAULT_ROUND_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 from wsiseg.federated.flower.messages import numpy_to_arrays, reply_to_result
-from wsiseg.federated.server import RunLogs, ServerState, aggregate_round, calibrate_sigma, sample_clients
+from wsiseg.federated.loop import RoundRecord, run_rounds
+from wsiseg.federated.server import ServerState, calibrate_sigma
 from wsiseg.federated.strategies import FedAvg
-from wsiseg.fileio import atomic_write_text
+from wsiseg.fileio import atomic_write_text, private_dir
 from wsiseg.train.runlog import CsvLog, write_config
 
-__all__ = ["ServerSpec", "serve"]
+__all__ = ["FlowerSites", "ServerSpec", "serve"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class ServerSpec:
     sites: list[str]
     run_dir: str
     min_clients: int = 2
-    round_timeout: float = 600.0
-    wait_timeout: float = 600.0
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
     round_retries: int = 2
     resume: bool = False
 
@@ -56,16 +56,6 @@ class ServerSpec:
     def load(cls, path: str | Path) -> ServerSpec:
         """Read a spec file."""
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-class _Server(ServerState):
-    """The server state of a multi-site run: sites instead of local clients."""
-
-    def __init__(self, spec: ServerSpec, classes: ClassTable, tiling: dict[str, Any]) -> None:
-        cfg = FedConfig.from_dict(spec.fed_config)
-        super().__init__(cfg, Path(spec.run_dir), "cpu", classes, tiling, list(spec.sites),
-                         federation={"engine": "flower", "min_clients": spec.min_clients})  # fmt: skip
-        self.spec = spec
 
 
 class _Sites:
@@ -112,8 +102,41 @@ class _Sites:
             time.sleep(poll)
 
 
+class FlowerSites:
+    """The transport of a multi-site run: a round goes to the picked sites through the Flower grid.
+
+    A round proceeds with the sampled sites that answered within ``round_timeout`` if at least
+    ``min(min_clients, sampled)`` did; otherwise it is sent again (identical, so a site that answered
+    resends the same bytes) up to ``round_retries`` times, then the run stops with the last round
+    checkpointed. Sites keep their own noise state, so there is no private transport state.
+    """
+
+    def __init__(self, sites: _Sites, spec: ServerSpec, state: ServerState, log: Any) -> None:
+        self.sites, self.spec, self.log, self.rounds = sites, spec, log, state.cfg.rounds
+        run_dir, start_round = state.run_dir, state.start_round
+        self.flog = CsvLog(run_dir / "flower_rounds.csv", keep_until=("round", float(start_round - 1)))
+        self.release_seconds = 0.0
+
+    def train(self, state: ServerState, strategy: FedAvg, rnd: int, picked: list[int]) -> list[tuple[int, Any]]:
+        """Send round ``rnd`` to the picked sites until enough answer."""
+        del strategy  # the sites apply the mode; what comes back is what the server receives
+        return _collect(state, self.sites, self.spec, picked, rnd, self.log)
+
+    def private_state(self) -> dict[str, Any]:
+        """Nothing: the sites keep their generators."""
+        return {}
+
+    def after_round(self, record: RoundRecord) -> None:
+        """Log who was sampled and who answered (private), and one console line."""
+        names = self.spec.sites
+        self.flog.append({"round": record.round, "sampled": ";".join(names[i] for i in record.sampled),
+                          "answered": ";".join(record.clients), "seconds": record.seconds})  # fmt: skip
+        self.log(f"round {record.round}/{self.rounds}: sites {record.clients}  epsilon {record.epsilon}  "
+                 f"({record.seconds:.1f} s)")  # fmt: skip
+
+
 def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
-    """Run (or resume) the whole federated training through ``grid``.
+    """Run (or resume) the whole federated training through ``grid`` with the one round loop.
 
     Args:
         grid: The ServerApp's Flower ``Grid``.
@@ -136,38 +159,30 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
                f"(need --min-clients {spec.min_clients}); start the sites with `wsiseg fed-client`")  # fmt: skip
         raise WsisegError(msg)
     log(f"sites online: {sorted(spec.sites[i] for i in sites.node_of)}")
-    srv = _Server(spec, ClassTable.from_list(sites.info["classes"]), sites.info["tiling"])
+    cfg = FedConfig.from_dict(spec.fed_config)
+    state = ServerState(cfg, private_dir(spec.run_dir), "cpu", ClassTable.from_list(sites.info["classes"]),
+                        sites.info["tiling"], list(spec.sites),
+                        federation={"engine": "flower", "min_clients": spec.min_clients})  # fmt: skip
     if spec.resume:
-        srv.restore()
+        state.restore()
     else:
-        calibrate_sigma(srv)
-        write_config(srv.run_dir, {**srv.cfg.to_dict(), "resolved_sigma": srv.sigma}, private=True)
-    logs = RunLogs(srv.run_dir, srv.start_round - 1)
-    flog = CsvLog(srv.run_dir / "flower_rounds.csv", keep_until=("round", float(srv.start_round - 1)))
-    strategy = srv.strategy()
-    last = srv.start_round - 1
-    for rnd in range(srv.start_round, srv.cfg.rounds + 1):
-        stopped = srv.budget_stop(rnd)
-        if stopped:
-            log(stopped)
-            break
-        _one_round(srv, sites, strategy, rnd, logs, flog, log)
-        last = rnd
-    srv.save_final(last)
-    logs.plots()
-    final_eps = srv.privacy_summary().get("epsilon")
-    log(f"done: {srv.run_dir}  epsilon {final_eps}")
-    result = {"rounds_done": last, "epsilon": final_eps, "run_dir": str(srv.run_dir)}
-    atomic_write_text(srv.run_dir / "result.json", json.dumps(result, indent=2), private=True)
+        calibrate_sigma(state)
+        write_config(state.run_dir, {**cfg.to_dict(), "resolved_sigma": state.sigma}, private=True)
+    out = run_rounds(state, FlowerSites(sites, spec, state, log))
+    if out.stopped_early:
+        log(out.stopped_early)
+    log(f"done: {state.run_dir}  epsilon {out.epsilon}")
+    result = {"rounds_done": out.last_round, "epsilon": out.epsilon, "run_dir": str(state.run_dir)}
+    atomic_write_text(state.run_dir / "result.json", json.dumps(result, indent=2), private=True)
     return result
 
 
-def _train_messages(srv: _Server, sites: _Sites, picked: list[int], rnd: int) -> list[Message]:
-    glob = numpy_to_arrays({k: v.detach().cpu().numpy() for k, v in srv.global_weights.items()})
+def _train_messages(state: ServerState, sites: _Sites, picked: list[int], rnd: int) -> list[Message]:
+    glob = numpy_to_arrays({k: v.detach().cpu().numpy() for k, v in state.global_weights.items()})
     base = {
-        "round": rnd, "train-seed": srv.cfg.train_seed, "sigma": float(srv.sigma),
-        "fed-config": json.dumps(srv.cfg.to_dict(), sort_keys=True), "model-args": json.dumps(srv.model_args),
-        "run-key": srv.run_dir.resolve().as_posix(),
+        "round": rnd, "train-seed": state.cfg.train_seed, "sigma": float(state.sigma),
+        "fed-config": json.dumps(state.cfg.to_dict(), sort_keys=True), "model-args": json.dumps(state.model_args),
+        "run-key": state.run_dir.resolve().as_posix(),
     }  # fmt: skip
     return [
         Message(
@@ -180,53 +195,33 @@ def _train_messages(srv: _Server, sites: _Sites, picked: list[int], rnd: int) ->
     ]
 
 
-def _collect(srv: _Server, sites: _Sites, picked: list[int], rnd: int, log: Any) -> list[tuple[int, Any]]:
+def _collect(state: ServerState, sites: _Sites, spec: ServerSpec, picked: list[int], rnd: int,
+             log: Any) -> list[tuple[int, Any]]:  # fmt: skip
     """Send round ``rnd`` to the picked sites until enough answer (retrying with returning sites)."""
-    need = min(srv.spec.min_clients, len(picked))
-    for attempt in range(srv.spec.round_retries + 1):
-        sites.refresh(timeout=srv.spec.round_timeout)
+    need = min(spec.min_clients, len(picked))
+    for attempt in range(spec.round_retries + 1):
+        sites.refresh(timeout=spec.round_timeout)
         by_node = {nid: i for i, nid in sites.node_of.items()}
-        msgs = _train_messages(srv, sites, picked, rnd)
-        replies = list(sites.grid.send_and_receive(msgs, timeout=srv.spec.round_timeout)) if msgs else []
+        msgs = _train_messages(state, sites, picked, rnd)
+        replies = list(sites.grid.send_and_receive(msgs, timeout=spec.round_timeout)) if msgs else []
         got: dict[int, Any] = {}
         for reply in replies:
             i = by_node.get(reply.metadata.src_node_id)
             if i is None:
                 continue
             if reply.has_error():
-                log(f"round {rnd}: site {srv.spec.sites[i]} failed: {reply.error.reason}")
+                log(f"round {rnd}: site {spec.sites[i]} failed: {reply.error.reason}")
                 continue
             res = reply_to_result(reply.content)
-            if res.name != srv.spec.sites[i]:
-                log(f"round {rnd}: node for {srv.spec.sites[i]} answered as {res.name!r}; ignored")
+            if res.name != spec.sites[i]:
+                log(f"round {rnd}: node for {spec.sites[i]} answered as {res.name!r}; ignored")
                 continue
             got[i] = res
         if len(got) >= need:
             return sorted(got.items())
-        missing = [srv.spec.sites[i] for i in picked if i not in got]
+        missing = [spec.sites[i] for i in picked if i not in got]
         log(f"round {rnd}: {len(got)} of {len(picked)} sites answered (need {need}); missing {missing}; "
-            f"attempt {attempt + 1}/{srv.spec.round_retries + 1}")  # fmt: skip
-    msg = (f"round {rnd}: fewer than --min-clients {need} sites answered within {srv.spec.round_timeout:g} s; "
+            f"attempt {attempt + 1}/{spec.round_retries + 1}")  # fmt: skip
+    msg = (f"round {rnd}: fewer than --min-clients {need} sites answered within {spec.round_timeout:g} s; "
            f"the last round is checkpointed: fix the sites and rerun with --resume")  # fmt: skip
     raise WsisegError(msg)
-
-
-def _one_round(srv: _Server, sites: _Sites, strategy: FedAvg, rnd: int, logs: RunLogs, flog: CsvLog,
-               log: Any) -> float | None:  # fmt: skip
-    t0 = time.perf_counter()
-    picked = sample_clients(srv)
-    got = _collect(srv, sites, picked, rnd, log) if picked else []
-    results = [res for _, res in got]
-    t_train = time.perf_counter() - t0
-    agg = aggregate_round(strategy, results, srv)
-    srv.apply(agg)
-    t_dp = time.perf_counter() - t0 - t_train
-    eps = srv.record(rnd, len(results))
-    loss = float(np.nanmean([r.loss for r in results])) if results and srv.cfg.dp == "none" else math.nan
-    logs.write(rnd, srv, results, agg.stats, loss, None, eps, {}, t_train, t_dp)  # type: ignore[arg-type]
-    answered = [srv.spec.sites[i] for i, _ in got]
-    flog.append({"round": rnd, "sampled": ";".join(srv.spec.sites[i] for i in picked),
-                 "answered": ";".join(answered), "seconds": time.perf_counter() - t0})  # fmt: skip
-    srv.save_last(rnd)
-    log(f"round {rnd}/{srv.cfg.rounds}: sites {answered}  epsilon {eps}  ({time.perf_counter() - t0:.1f} s)")
-    return eps

@@ -33,6 +33,7 @@ from wsiseg.data.dataset import load_sources
 from wsiseg.data.partition import split_slides
 from wsiseg.errors import DataError, PrivacyError
 from wsiseg.federated.clients import Client
+from wsiseg.federated.strategies import FedAvg, strategy_class
 from wsiseg.fileio import atomic_output, atomic_write_text, private_dir
 from wsiseg.privacy.noise import make_generator
 
@@ -66,17 +67,15 @@ class SitePolicy:
         max_clip: Highest clip norm accepted (``None``: any).
     """
 
-    require_dp: str = "none"
+    require_dp: str = FedAvg.mode
     min_sigma: float = 0.5
     max_clip: float | None = None
-
-    _RANK = {"none": 0, "central": 1, "local": 2}  # noqa: RUF012
 
     @classmethod
     def from_node_config(cls, node: dict[str, Any]) -> SitePolicy:
         """Read the policy from the SuperNode's node config (strings, as ``fed-client`` writes them)."""
         max_clip = str(node.get("max-clip", "")).strip()
-        return cls(require_dp=str(node.get("require-dp", "none")), min_sigma=float(node.get("min-sigma", 0.5)),
+        return cls(require_dp=str(node.get("require-dp", FedAvg.mode)), min_sigma=float(node.get("min-sigma", 0.5)),
                    max_clip=float(max_clip) if max_clip else None)  # fmt: skip
 
     def check(self, site: str, dp: str, sigma: float, clip: float) -> None:
@@ -85,10 +84,11 @@ class SitePolicy:
         Raises:
             PrivacyError: A weaker mode, a sigma below the floor (or zero) or a clip above the ceiling.
         """
-        if self._RANK[dp] < self._RANK.get(self.require_dp, 0):
+        asked = strategy_class(dp)
+        if asked.protection < strategy_class(self.require_dp).protection:
             msg = f"site {site} requires --dp {self.require_dp} but the server asked for --dp {dp}; refusing"
             raise PrivacyError(msg)
-        if dp == "none":
+        if not asked.private:
             return
         if not (math.isfinite(sigma) and sigma > 0 and sigma >= self.min_sigma):
             msg = (f"site {site}: the server asked for sigma {sigma:g}, below this site's --min-sigma "
