@@ -44,7 +44,8 @@ def test_what_each_mode_lets_leave_a_site() -> None:
     with pytest.raises(ConfigError, match="own noise generator"):
         local.release(res)
     noised = local.release(res, make_generator(1)[0])
-    assert noised.buffers == {} and local.reply_meta(noised) == {}
+    assert noised.buffers == {}
+    assert local.reply_meta(noised) == {}
     assert global_l2_norm(noised.update) > 10  # sqrt(1000) * 0.5 ~ 15.8 of noise on a clipped 0.5
     got = local.received(noised)
     assert (got.n_examples, got.steps, np.isnan(got.loss)) == (1, 0, True)  # nothing data-dependent arrives
@@ -61,7 +62,8 @@ def test_mode_rules() -> None:
     empty = CentralDp(clip=0.5, noise_multiplier=1.0, rng=make_generator(0)[0]).empty_round(
         {"w": np.zeros(100, np.float32)}, expected_clients=2.0
     )
-    assert empty.stats.noise_norm and empty.stats.noise_norm > 0  # nobody sampled: noise only, still a release
+    assert empty.stats.noise_norm
+    assert empty.stats.noise_norm > 0
     assert FedAvg().empty_round({"w": np.zeros(3)}, expected_clients=2.0).update == {}
 
 
@@ -77,4 +79,5 @@ def test_cli_lists_the_choices_and_refuses_others() -> None:
         assert choice in text, choice
     server = runner.invoke(app, ["fed-server", "--help"], env={"COLUMNS": "200"}).output
     assert "[none|central|local]" in server
-    assert "--round-timeout" in server and "1800" in server
+    assert "--round-timeout" in server
+    assert "1800" in server
