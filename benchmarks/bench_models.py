@@ -38,8 +38,8 @@ class Setting:
         return "+".join(parts)
 
 
-def settings(cpu_batch: int, gpu_batches: list[int]) -> list[Setting]:
-    out = [Setting("cpu", cpu_batch)]
+def settings(cpu_batch: int, gpu_batches: list[int], *, cpu: bool = True) -> list[Setting]:
+    out = [Setting("cpu", cpu_batch)] if cpu else []
     if torch.cuda.is_available():
         for b in gpu_batches:
             out += [
@@ -117,10 +117,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--cpu-only", action="store_true", help="Skip CUDA even when available.")
+    ap.add_argument("--gpu-only", action="store_true", help="Only the CUDA rows (gpu_suite.sh).")
     ap.add_argument("--out", type=Path, help="Append the markdown table to this file.")
     args = ap.parse_args()
     names = args.models or list_models()
-    plan = settings(args.cpu_batch, [] if args.cpu_only else args.gpu_batches)
+    plan = settings(args.cpu_batch, [] if args.cpu_only else args.gpu_batches, cpu=not args.gpu_only)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     lines = [
         f"### bench_models: {size_note(args.size)}, torch {torch.__version__}, "

@@ -134,6 +134,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch CPU threads (2 on the shared 2-core box ran ~9x slower than 1)"
     )
     ap.add_argument("--gpu", action="store_true", help="also run on CUDA (bf16 + channels_last)")
+    ap.add_argument("--gpu-only", action="store_true", help="only the CUDA rows (implies --gpu; gpu_suite.sh)")
     ap.add_argument("--gpu-batch", type=int, default=24)
     ap.add_argument("--gpu-steps", type=int, default=30)
     ap.add_argument("--gpu-warmup", type=int, default=5)
@@ -146,7 +147,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     source = load_sources([ensure_tiles(args.work, args.slides, args.seed)])
-    devices = ["cpu"] + (["cuda"] if args.gpu and torch.cuda.is_available() else [])
+    args.gpu = args.gpu or args.gpu_only
+    devices = ([] if args.gpu_only else ["cpu"]) + (["cuda"] if args.gpu and torch.cuda.is_available() else [])
     lines = [
         f"### bench_train: {len(source.records)} real 224 px tiles ({args.slides} synthetic slides), "
         f"{torch.get_num_threads()} CPU threads, loader workers {args.workers}"

@@ -81,7 +81,7 @@ def _register() -> None:
         train,
     )
 
-    commands = [
+    commands: list[tuple[str, Callable[..., Any]]] = [
         ("synth", synth.synth),
         ("info", info.info),
         ("tile", tile.tile),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from wsiseg.federated.clients import ClientResult, check_dp_model, trainable_sta
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import FedAvg, RoundAggregate, make_strategy, strategy_class
 from wsiseg.models import args_for_tiles, create_model
+from wsiseg.privacy.clipping import ClipScope
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 from wsiseg.privacy.sampling import ClientSampler
@@ -43,7 +44,7 @@ __all__ = [
 
 def rng_state(rng: np.random.Generator) -> dict[str, Any]:
     """JSON-ready state of a numpy generator."""
-    return rng.bit_generator.state  # type: ignore[no-any-return]
+    return dict(rng.bit_generator.state)
 
 
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
@@ -124,8 +125,12 @@ class ServerState:
     def strategy(self) -> FedAvg:
         """The mode's strategy with the server's noise generator."""
         return make_strategy(
-            self.cfg.dp, clip=self.cfg.clip, noise_multiplier=self.sigma, rng=self.noise_rng, scope=self.cfg.clip_scope
-        )  # type: ignore[arg-type]
+            self.cfg.dp,
+            clip=self.cfg.clip,
+            noise_multiplier=self.sigma,
+            rng=self.noise_rng,
+            scope=cast("ClipScope", self.cfg.clip_scope),
+        )
 
     def privacy_summary(self) -> dict[str, Any]:
         """The shareable privacy facts: epsilon, the relation it holds for, the public ledger; no seeds or counts."""

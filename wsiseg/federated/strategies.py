@@ -339,7 +339,9 @@ def _average_buffers(results: Sequence[ClientResult], weights: Sequence[float]) 
     out = {}
     for name, first in results[0].buffers.items():
         if np.issubdtype(first.dtype, np.floating):
-            acc = sum(r.buffers[name].astype(np.float64) * w for r, w in zip(results, weights, strict=True))
+            acc = np.zeros(first.shape, np.float64)
+            for r, w in zip(results, weights, strict=True):
+                acc += r.buffers[name].astype(np.float64) * w
             out[name] = (acc / total).astype(first.dtype)
         else:  # counters such as num_batches_tracked: keep the largest
             out[name] = np.max(np.stack([r.buffers[name] for r in results]), axis=0)

@@ -71,10 +71,9 @@ class CsvLog:
         """Append one row (floats written with 6 significant digits)."""
         clean = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
         new = self.fields is None
-        if new:
-            self.fields = list(clean)
+        fields = self.fields = list(clean) if self.fields is None else self.fields
         with self.path.open("a", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(clean)

@@ -21,8 +21,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wsiseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["TrialCerts", "make_trial_certs"]
 
@@ -46,14 +50,14 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
         fh.write(data)
 
 
-def _name(cn: str) -> object:
+def _name(cn: str) -> x509.Name:
     from cryptography import x509  # noqa: PLC0415
     from cryptography.x509.oid import NameOID  # noqa: PLC0415
 
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _san(hosts: list[str]) -> object:
+def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     from cryptography import x509  # noqa: PLC0415
 
     entries: list[x509.GeneralName] = []
@@ -65,7 +69,7 @@ def _san(hosts: list[str]) -> object:
     return x509.SubjectAlternativeName(entries)
 
 
-def _cert(subject: str, issuer: str, pub: object, key: object, days: int, *, ca: bool, hosts: list[str]) -> bytes:
+def _cert(subject: str, issuer: str, pub: Any, key: Any, days: int, *, ca: bool, hosts: list[str]) -> bytes:
     from cryptography import x509  # noqa: PLC0415
     from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
     from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415

@@ -74,8 +74,8 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
 
     conf = content.config_records["config"]
     cfg = FedConfig.from_dict(json.loads(str(conf["fed-config"])))
-    rnd, index, seed = int(conf["round"]), int(conf["client-index"]), int(conf["train-seed"])
-    sigma, site = float(conf["sigma"]), str(node["site"])
+    rnd, index, seed = (int(str(conf[k])) for k in ("round", "client-index", "train-seed"))
+    sigma, site = float(str(conf["sigma"])), str(node["site"])
     SitePolicy.from_node_config(node).check(site, cfg.dp, sigma, cfg.clip)
     arrays = arrays_to_numpy(content.array_records["global"])
     digest = request_digest(arrays, {k: conf[k] for k in sorted(conf.keys())})

@@ -92,7 +92,8 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
-            msg = f"{proc.args[0] if isinstance(proc.args, list) else proc.args} exited with code {proc.returncode}"
+            name = proc.args[0] if isinstance(proc.args, list) else proc.args
+            msg = f"{name!s} exited with code {proc.returncode}"
             raise WsisegError(msg)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.settimeout(0.5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -50,7 +51,7 @@ def reply_to_result(content: RecordDict) -> ClientResult:
 
     Without DP the example count weights FedAvg; under DP weights are equal and it is not sent (set to 1).
     """
-    meta = dict(content.metric_records["meta"])
+    meta: dict[str, Any] = dict(content.metric_records["meta"])
     name = str(content.config_records["site"]["name"])
     buffers = arrays_to_numpy(content.array_records["buffers"]) if "buffers" in content.array_records else {}
     return ClientResult(

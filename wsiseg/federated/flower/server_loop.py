@@ -179,7 +179,7 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
 
 def _train_messages(state: ServerState, sites: _Sites, picked: list[int], rnd: int) -> list[Message]:
     glob = numpy_to_arrays({k: v.detach().cpu().numpy() for k, v in state.global_weights.items()})
-    base = {
+    base: dict[str, Any] = {
         "round": rnd, "train-seed": state.cfg.train_seed, "sigma": float(state.sigma),
         "fed-config": json.dumps(state.cfg.to_dict(), sort_keys=True), "model-args": json.dumps(state.model_args),
         "run-key": state.run_dir.resolve().as_posix(),

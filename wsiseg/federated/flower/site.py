@@ -127,7 +127,7 @@ class NoiseState:
 
     def save(self, rng: np.random.Generator) -> None:
         """Record the generator after a draw (atomic, owner-only)."""
-        self.state = rng.bit_generator.state
+        self.state = dict(rng.bit_generator.state)
         private_dir(self.path.parent)
         atomic_write_text(self.path, json.dumps({"current": self.state}, default=int), private=True)
 
