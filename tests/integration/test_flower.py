@@ -184,8 +184,9 @@ def test_flower_tls_auth_matches_simulation(cohort: Path, tmp_path: Path, monkey
 
 def _init_weights(cfg: FedConfig) -> dict[str, torch.Tensor]:
     from wsiseg.models import create_model
+    from wsiseg.seeds import stream_seed
 
-    torch.manual_seed(cfg.train_seed)
+    torch.manual_seed(stream_seed(cfg.train_seed, "init"))
     return create_model(cfg.model, num_classes=4, norm="groupnorm").state_dict()
 
 

@@ -29,6 +29,7 @@ from wsiseg.fileio import default_mode
 from wsiseg.models import create_model
 from wsiseg.privacy.noise import gaussian_noise_like, make_generator
 from wsiseg.privacy.sampling import ClientSampler
+from wsiseg.seeds import stream_seed
 from wsiseg.train.checkpoint import load_checkpoint
 
 TINY = {"model": "dhunet_tiny", "model_args": {"img_size": 64}}
@@ -59,18 +60,23 @@ def _norm(u: dict[str, np.ndarray]) -> float:
 
 def _release(card: dict[str, Any], weights: dict[str, torch.Tensor], train_seed: int) -> dict[str, np.ndarray]:
     """The released mean update ``final - init`` (the attacker is even given the initial weights)."""
-    torch.manual_seed(train_seed)
+    torch.manual_seed(stream_seed(train_seed, "init"))
     init = create_model(card["model"]["name"], **{**card["model"]["args"], "pretrained": False})
     return {n: (weights[n].float() - p.detach().float()).numpy() for n, p in init.named_parameters() if p.requires_grad}
 
 
-def _denoise(delta: dict[str, np.ndarray], privacy: dict[str, Any], k: int, seed: int) -> dict[str, np.ndarray]:
-    """Subtract the noise that ``seed`` would have drawn, for both derivations (server stream, client streams)."""
+#: How a client's noise seed follows from a run seed: the formula before the hardening, and the named stream.
+CLIENT_DERIVATIONS = (lambda s, i: s * 1009 + 1 + i, lambda s, i: stream_seed(s, "client-noise", i))
+
+
+def _denoise(delta: dict[str, np.ndarray], privacy: dict[str, Any], k: int, seed: int,
+             derive: Any) -> dict[str, np.ndarray]:  # fmt: skip
+    """Subtract the noise that ``seed`` would have drawn (the server's stream, or each client's)."""
     std = privacy["noise_multiplier"] * privacy["clip"]
     if privacy["dp"] == "central":
         noise = gaussian_noise_like(delta, std / (privacy["client_fraction"] * k), make_generator(seed)[0])
     else:
-        parts = [gaussian_noise_like(delta, std, make_generator(seed * 1009 + 1 + i)[0]) for i in range(k)]
+        parts = [gaussian_noise_like(delta, std, make_generator(derive(seed, i))[0]) for i in range(k)]
         noise = {n: sum(p[n] for p in parts) / k for n in delta}
     return {n: delta[n] - noise[n] for n in delta}
 
@@ -78,10 +84,12 @@ def _denoise(delta: dict[str, np.ndarray], privacy: dict[str, Any], k: int, seed
 def seed_attack(card: dict[str, Any], delta: dict[str, np.ndarray], guesses: set[int]) -> dict[str, np.ndarray] | None:
     """Try every guessed seed; success is a residual within the clip norm (the noise norm is 100s of times C)."""
     k = len(card["roster"])
+    derivations = CLIENT_DERIVATIONS if card["privacy"]["dp"] == "local" else CLIENT_DERIVATIONS[:1]
     for seed in sorted(g for g in guesses if 0 <= g < 2**63):
-        rec = _denoise(delta, card["privacy"], k, seed)
-        if _norm(rec) <= card["privacy"]["clip"] * 1.01:
-            return rec
+        for derive in derivations:
+            rec = _denoise(delta, card["privacy"], k, seed, derive)
+            if _norm(rec) <= card["privacy"]["clip"] * 1.01:
+                return rec
     return None
 
 
@@ -163,7 +171,7 @@ def test_sampling_schedule_cannot_be_predicted_from_the_card() -> None:
     cfg = FedConfig(clients=4, fraction=0.5, dp="central", sigma=1.0, seed=3, rounds=60, **TINY)
     srv = _server(cfg)
     actual = [sample_clients(srv) for _ in range(60)]
-    card = srv.card(60)
+    card = srv.card(60).to_dict()
     assert card["privacy"]["amplification"] is True
     assert card["privacy"]["sample_rate"] == 0.5
     best = max(_agreement(actual, p, 4) for p in _predictions(card, 60, 4, 0.5))
@@ -180,7 +188,7 @@ def test_reproducible_schedule_claims_no_amplification() -> None:
     actual = [sample_clients(srv) for _ in range(60)]
     keyed = ClientSampler.seeded(11)
     assert _agreement(actual, [keyed.sample(4, 0.5) for _ in range(60)], 4) == 1.0  # predictable by design
-    card = srv.card(60)
+    card = srv.card(60).to_dict()
     assert card["privacy"]["amplification"] is False
     assert card["privacy"]["sample_rate"] == 1.0
     assert "11" not in json.dumps(card["fed_config"])

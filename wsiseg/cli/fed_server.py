@@ -76,7 +76,7 @@ def fed_server(  # noqa: PLR0913
     from wsiseg.federated.flower import launch
     from wsiseg.federated.flower.federation import run_server
     from wsiseg.federated.flower.server_loop import ServerSpec
-    from wsiseg.train.runlog import new_run_dir
+    from wsiseg.train.runlog import RunFolder
 
     if resume is not None:
         old = json.loads((resume / "server-spec.json").read_text(encoding="utf-8"))
@@ -91,7 +91,7 @@ def fed_server(  # noqa: PLR0913
         print_plan(cfg, brief=not dry_run)  # the same plan, warnings and refusals as fed-train
         if dry_run:
             return
-        run_dir = new_run_dir(runs, f"fed-{cfg.model}-{cfg.dp}-flower", private=True)
+        run_dir = RunFolder.create(runs, f"fed-{cfg.model}-{cfg.dp}-flower", private=True).path
         spec = ServerSpec(
             fed_config=cfg.to_dict(), sites=list(sites), run_dir=str(run_dir), min_clients=min_clients,
             round_timeout=round_timeout, wait_timeout=wait_timeout, round_retries=round_retries,

@@ -34,7 +34,6 @@ def predict(
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
     from rich.table import Table
 
-    from wsiseg.classes import ClassTable
     from wsiseg.cli._console import batch_exit, console, make_progress
     from wsiseg.cli._options import checkpoint_path
     from wsiseg.config import resolve_device
@@ -42,7 +41,6 @@ def predict(
     from wsiseg.export.slide_mask import predict_to_tiff
     from wsiseg.inference.predictor import PredictSettings
     from wsiseg.tiling.batch import expand_sources
-    from wsiseg.tiling.geometry import TilingConfig
     from wsiseg.tiling.writer import slide_id_for
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
@@ -59,8 +57,7 @@ def predict(
     net = ckpt.build_model()
     dev = resolve_device(device)
     net.to(dev)
-    tiling = TilingConfig.from_dict(ckpt.card["tiling"])
-    classes = ClassTable.from_list(ckpt.card["classes"])
+    tiling, classes = ckpt.model_card.tiling_config, ckpt.model_card.class_table
     sources = expand_sources(slides)
     if not sources:
         msg = f"no slides found in {' '.join(slides)}"

@@ -21,6 +21,7 @@ from wsiseg.data.dataset import TileDataset, TileSource, load_sources
 from wsiseg.data.partition import partition_clients, split_slides
 from wsiseg.data.transforms import PairTransform
 from wsiseg.errors import ConfigError, DataError
+from wsiseg.seeds import stream_seed
 from wsiseg.train.loop import OptimConfig, make_loss, make_optimizer, poly_lr, train_steps
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "buffer_state",
     "build_clients",
     "check_dp_model",
+    "client_split_seed",
     "global_test",
     "local_update",
     "trainable_state",
@@ -120,7 +122,8 @@ def build_clients(
         sources = [(Path(d).name, load_sources([d])) for d in client_dirs]
     else:
         pool = load_sources(data)
-        groups = partition_clients(pool.slide_ids, n_clients, mode=partition, seed=seed, sites=pool.sites(),
+        groups = partition_clients(pool.slide_ids, n_clients, mode=partition, seed=stream_seed(seed, "partition"),
+                                   sites=pool.sites(),
                                    alpha=alpha)  # fmt: skip
         sources = [(f"client{i}", pool.subset(ids)) for i, ids in enumerate(groups)]
     clients = []
@@ -130,11 +133,16 @@ def build_clients(
             msg = f"client {name} has no tiles; give it slides or use fewer --clients"
             raise DataError(msg)
         if len(ids) >= 2:
-            train_ids, test_ids = split_slides(ids, test_fraction=test_fraction, seed=seed + i)
+            train_ids, test_ids = split_slides(ids, test_fraction=test_fraction, seed=client_split_seed(seed, i))
             clients.append(Client(name, src.subset(train_ids), src.subset(test_ids)))
         else:
             clients.append(Client(name, src, None))
     return clients
+
+
+def client_split_seed(seed: int, index: int) -> int:
+    """Seed of client ``index``'s held-out split (the simulation and a Flower site use the same one)."""
+    return stream_seed(seed, "client-split", index)
 
 
 def global_test(clients: list[Client]) -> TileSource | None:
@@ -165,10 +173,11 @@ def local_update(
     model.load_state_dict(global_weights)
     before = trainable_state(model)
     n_classes = len(client.train.classes)
-    ds = TileDataset(client.train, transform=PairTransform() if cfg.augment else None, seed=seed + 7919 * client_index)
+    ds = TileDataset(client.train, transform=PairTransform() if cfg.augment else None,
+                     seed=stream_seed(seed, "augment", client_index))  # fmt: skip
     ds.set_epoch(round_index)
-    torch.manual_seed(int(np.random.SeedSequence([seed, round_index, client_index]).generate_state(1)[0]))
-    gen = torch.Generator().manual_seed(seed * 100003 + round_index * 101 + client_index)
+    torch.manual_seed(stream_seed(seed, "torch-round", round_index, client_index))
+    gen = torch.Generator().manual_seed(stream_seed(seed, "data-order", round_index, client_index))
     loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers,
                         pin_memory=cfg.device.startswith("cuda"))  # fmt: skip
     steps_per_round = cfg.steps if cfg.steps is not None else cfg.epochs * len(loader)

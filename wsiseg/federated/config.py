@@ -10,6 +10,7 @@ from wsiseg.config import checked_kwargs
 from wsiseg.errors import ConfigError
 from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, PARTITIONS
 from wsiseg.federated.strategies import strategy_class
+from wsiseg.seeds import stream_seed
 
 __all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "PRIVATE_CONFIG_KEYS", "FedConfig"]
 
@@ -110,7 +111,7 @@ class FedConfig:
 
     def client_noise_seed(self, index: int) -> int | None:
         """Noise seed of simulated client ``index`` (None: OS entropy), derived from ``--noise-seed``."""
-        return None if self.noise_seed is None else self.noise_seed * 1009 + 1 + index
+        return None if self.noise_seed is None else stream_seed(self.noise_seed, "client-noise", index)
 
     def public_dict(self) -> dict[str, Any]:
         """The settings that may go into shareable files: :meth:`to_dict` minus :data:`PRIVATE_CONFIG_KEYS`."""

@@ -9,14 +9,12 @@ is owner-only: only ``checkpoints/final.*`` is meant to be shared (see ``ServerS
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 from wsiseg.config import resolve_device
@@ -26,10 +24,9 @@ from wsiseg.federated.config import FedConfig
 from wsiseg.federated.loop import RoundRecord, run_rounds
 from wsiseg.federated.server import ServerState, calibrate_sigma, rng_state, set_rng_state
 from wsiseg.federated.strategies import FedAvg
-from wsiseg.fileio import atomic_write_text
 from wsiseg.privacy.noise import make_generator
 from wsiseg.train.loop import OptimConfig, evaluate
-from wsiseg.train.runlog import CsvLog, new_run_dir, write_config
+from wsiseg.train.runlog import CsvLog, RunFolder
 
 __all__ = ["FedResult", "SimulatedClients", "local_training", "run_federated"]
 
@@ -134,8 +131,9 @@ def run_federated(
         The run folder, rounds done, final epsilon and metrics.
     """
     device = resolve_device(cfg.device)
-    run_dir = (resume_dir if resume_dir is not None
-               else new_run_dir(runs_root, f"fed-{cfg.model}-{cfg.dp}", private=True))  # fmt: skip
+    folder = (RunFolder.existing(resume_dir, private=True) if resume_dir is not None
+              else RunFolder.create(runs_root, f"fed-{cfg.model}-{cfg.dp}", private=True))  # fmt: skip
+    run_dir = folder.path
     clients = build_clients(data=cfg.data, client_dirs=cfg.client_dirs, n_clients=cfg.clients,
                             partition=cfg.partition, alpha=cfg.alpha, test_fraction=cfg.test_fraction,
                             seed=cfg.train_seed)  # fmt: skip
@@ -147,8 +145,8 @@ def run_federated(
         transport.restore(resume)
     else:
         calibrate_sigma(state)
-        write_config(run_dir, {**cfg.to_dict(), "resolved_sigma": state.sigma}, private=True)
-        atomic_write_text(run_dir / "split.json", json.dumps(transport.split(), indent=2), private=True)
+        folder.write_config({**cfg.to_dict(), "resolved_sigma": state.sigma})
+        folder.write_json("split.json", transport.split())
     test = global_test(clients)
     loader = (DataLoader(TileDataset(test), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
               if test is not None else None)  # fmt: skip
@@ -160,9 +158,5 @@ def run_federated(
 
     out = run_rounds(state, transport, evaluate=held_out, on_round=on_round, stop_after=stop_after)
     if not out.stopped_early.startswith("stopped after"):
-        atomic_write_text(run_dir / "metrics.json", json.dumps(out.metrics, indent=2, default=_plain), private=True)
+        folder.write_json("metrics.json", out.metrics)
     return FedResult(run_dir, out.last_round, out.epsilon, out.metrics, out.stopped_early)
-
-
-def _plain(obj: Any) -> Any:
-    return obj.tolist() if isinstance(obj, np.ndarray | np.generic) else str(obj)

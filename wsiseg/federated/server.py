@@ -27,6 +27,8 @@ from wsiseg.privacy.clipping import ClipScope
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 from wsiseg.privacy.sampling import ClientSampler
+from wsiseg.seeds import stream_seed
+from wsiseg.train.card import ModelCard, ModelSpec
 from wsiseg.train.checkpoint import load_checkpoint, save_checkpoint
 from wsiseg.train.runlog import CsvLog, plot_curves
 
@@ -91,7 +93,7 @@ class ServerState:
         if self.mode.private and "norm" not in model_args:
             model_args["norm"] = "groupnorm"
         self.model_args = model_args
-        torch.manual_seed(cfg.train_seed)
+        torch.manual_seed(stream_seed(cfg.train_seed, "init"))
         self.model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained, **model_args)
         check_dp_model(self.model, private=self.mode.private, mode=cfg.dp)
         self.model.to(device)
@@ -152,16 +154,14 @@ class ServerState:
             "ledger": self.ledger.public_state_dict(),
         }  # fmt: skip
 
-    def card(self, rnd: int) -> dict[str, Any]:
-        """The shareable checkpoint card (keys :data:`SHAREABLE_CARD_KEYS`, less the ones the writer adds)."""
-        card = {
-            "model": {"name": self.cfg.model, "args": {"num_classes": len(self.classes), **self.model_args}},
-            "classes": self.classes.to_list(), "tiling": self.tiling, "fed_config": self.cfg.public_dict(),
-            "privacy": self.privacy_summary(), "round": rnd, "roster": self.roster,
-        }  # fmt: skip
+    def card(self, rnd: int) -> ModelCard:
+        """The shareable checkpoint card (keys :data:`SHAREABLE_CARD_KEYS`)."""
+        extra = {"fed_config": self.cfg.public_dict(), "privacy": self.privacy_summary(), "round": rnd,
+                 "roster": self.roster}  # fmt: skip
         if self.federation is not None:
-            card["federation"] = self.federation
-        return card
+            extra["federation"] = self.federation
+        spec = ModelSpec(self.cfg.model, {"num_classes": len(self.classes), **self.model_args})
+        return ModelCard(spec, self.classes.to_list(), self.tiling, extra)
 
     def resume_state(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Server-private state for --resume: generators, sampling key, seeds, full ledger. Never share it.
@@ -176,7 +176,7 @@ class ServerState:
 
     def save_last(self, rnd: int, extra: dict[str, Any] | None = None) -> None:
         """Write ``checkpoints/last`` (weights, card and resume state), owner-only."""
-        card = {**self.card(rnd), "resume": self.resume_state(extra)}
+        card = {**self.card(rnd).to_dict(), "resume": self.resume_state(extra)}
         save_checkpoint(self.run_dir / "checkpoints" / "last", self.model, card, private=True)
 
     def save_final(self, rnd: int) -> None:

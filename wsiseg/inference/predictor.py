@@ -19,8 +19,8 @@ from wsiseg.errors import SlideError
 from wsiseg.inference.reader import WindowDataset
 from wsiseg.inference.stitching import BandStitcher, RowSink, StitchGeometry, stitch_geometry
 from wsiseg.slide import Slide
-from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
-from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
+from wsiseg.tiling.geometry import TilingConfig
+from wsiseg.tiling.plan import plan_windows
 
 __all__ = ["PredictPlan", "PredictSettings", "plan_prediction", "run_prediction"]
 
@@ -76,20 +76,14 @@ def plan_prediction(
         ConfigError: The card defines windows in um but the slide has no mpp (pass ``slide_mpp``).
         SlideError: No window has enough tissue.
     """
-    mpp = slide_mpp if slide_mpp is not None else (slide.mpp[0] if slide.mpp else None)
-    window0, stride0 = window_level0(tiling, mpp)
-    level, read = choose_level(slide.level_downsamples, window0, tiling.size)
-    thumb = slide.get_thumbnail(TISSUE_THUMBNAIL)
-    ds = slide.dimensions[0] / thumb.shape[1]
-    grid = window_grid(slide.dimensions, window0, stride0)
-    fractions = tissue_fractions(tissue_mask(thumb), ds, grid, window0)
-    threshold = tiling.min_tissue if min_tissue is None else min_tissue
-    origins = [xy for xy, f in zip(grid, fractions, strict=True) if f >= threshold]
+    plan = plan_windows(slide, tiling, slide_mpp=slide_mpp, min_tissue=min_tissue)
+    origins = [(x, y) for x, y, _ in plan.kept]
     if not origins:
-        msg = f"{slide.path}: no window of {len(grid)} has {threshold:.0%} tissue; nothing to predict"
+        msg = f"{slide.path}: no window of {len(plan.grid)} has {plan.threshold:.0%} tissue; nothing to predict"
         raise SlideError(msg)
-    geometry = stitch_geometry(*slide.dimensions, window0, stride0, tiling.size)
-    return PredictPlan(geometry, window0, stride0, level, read, origins, len(grid), mpp)
+    geometry = stitch_geometry(*slide.dimensions, plan.window0, plan.stride0, tiling.size)
+    return PredictPlan(geometry, plan.window0, plan.stride0, plan.level, plan.read, origins, len(plan.grid),
+                       plan.mpp)  # fmt: skip
 
 
 @torch.no_grad()

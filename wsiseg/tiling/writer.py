@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 from wsiseg.errors import TilingError
 from wsiseg.fileio import atomic_write_text
 from wsiseg.slide import Slide, open_slide
-from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
+from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.manifest import SlideEntry, TileRecord, write_tiles_csv
-from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
+from wsiseg.tiling.plan import plan_windows
 from wsiseg.tiling.window import read_window
 
 __all__ = ["LabelSource", "crop_labels", "slide_id_for", "tile_slide"]
@@ -156,16 +156,10 @@ def tile_slide(
     """
     slide = open_slide(source, backend=backend)
     sid = slide_id_for(source)
-    mpp = slide_mpp if slide_mpp is not None else (slide.mpp[0] if slide.mpp else None)
-    window, stride = window_level0(config, mpp)
-    level, read = choose_level(slide.level_downsamples, window, config.size)
+    plan = plan_windows(slide, config, slide_mpp=slide_mpp)
+    mpp, window, stride, level, read = plan.mpp, plan.window0, plan.stride0, plan.level, plan.read
     dims = slide.dimensions
-    thumb = slide.get_thumbnail(TISSUE_THUMBNAIL)
-    ds = dims[0] / thumb.shape[1]
-    tissue = tissue_mask(thumb)
-    origins = window_grid(dims, window, stride)
-    fracs = tissue_fractions(tissue, ds, origins, window)
-    keep = [(x, y, float(f)) for (x, y), f in zip(origins, fracs, strict=True) if f >= config.min_tissue]
+    thumb, tissue, ds, origins, keep = plan.thumb, plan.tissue, plan.thumb_downsample, plan.grid, plan.kept
     note = ""
     if dims[0] < window or dims[1] < window:
         note = f"image {dims[0]}x{dims[1]} is smaller than the {window} px window: padded with white background"

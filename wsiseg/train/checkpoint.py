@@ -21,6 +21,7 @@ from torch import nn
 from wsiseg.config import package_versions
 from wsiseg.errors import CheckpointError
 from wsiseg.fileio import default_mode
+from wsiseg.train.card import CARD_FORMAT, CARD_VERSION, ModelCard
 
 __all__ = [
     "CARD_FORMAT",
@@ -32,17 +33,16 @@ __all__ = [
     "set_rng_state",
 ]
 
-CARD_FORMAT = "wsiseg-checkpoint"
-
 
 class Checkpoint:
-    """A loaded checkpoint: weights, card, and optional training-state tensors."""
+    """A loaded checkpoint: weights, card (as JSON and as a typed :class:`ModelCard`), optional training state."""
 
     def __init__(self, path: Path, weights: dict[str, torch.Tensor], card: dict[str, Any],
                  state: dict[str, torch.Tensor] | None) -> None:  # fmt: skip
         self.path = path
         self.weights = weights
         self.card = card
+        self.model_card = ModelCard.from_dict(card, source=str(path))
         self.state = state
 
     def build_model(self, *, strict: bool = True) -> nn.Module:
@@ -53,12 +53,12 @@ class Checkpoint:
         """
         from wsiseg.models import create_model  # noqa: PLC0415
 
-        spec = self.card.get("model", {})
-        model = create_model(spec["name"], **{**spec.get("args", {}), "pretrained": False})
+        spec = self.model_card.model
+        model = create_model(spec.name, **{**spec.args, "pretrained": False})
         try:
             model.load_state_dict(self.weights, strict=strict)
         except RuntimeError as err:
-            msg = f"{self.path}: weights do not fit model {spec.get('name')!r} ({str(err).splitlines()[0]})"
+            msg = f"{self.path}: weights do not fit model {spec.name!r} ({str(err).splitlines()[0]})"
             raise CheckpointError(msg) from err
         return model
 
@@ -89,7 +89,7 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, mode: int, meta: 
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
-    card: dict[str, Any],
+    card: dict[str, Any] | ModelCard,
     *,
     state: dict[str, torch.Tensor] | None = None,
     private: bool = False,
@@ -99,7 +99,8 @@ def save_checkpoint(
     Args:
         path: Checkpoint name (``run/checkpoints/last``); suffixes are added.
         model: The model (its ``state_dict`` is saved, buffers included).
-        card: JSON-ready description; ``format`` and ``versions`` are filled in.
+        card: The card (a :class:`ModelCard` or its JSON-ready dict); ``format``, ``version`` and ``versions``
+            are filled in.
         state: Extra tensors for resuming (optimizer buffers, RNG states).
         private: Owner-only files (0600), for checkpoints that hold resume state (generator states, seeds);
             otherwise the usual umask-based mode of a file meant to be shared.
@@ -109,7 +110,10 @@ def save_checkpoint(
     """
     weights_path, card_path, state_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    full = {"format": CARD_FORMAT, "version": 1, "versions": package_versions(), **card}
+    data = card.to_dict() if isinstance(card, ModelCard) else dict(card)
+    fixed = {"format": CARD_FORMAT, "version": CARD_VERSION, "versions": package_versions()}
+    full = {**fixed, **{k: v for k, v in data.items() if k not in fixed}}
+    ModelCard.from_dict(full, source=str(card_path))  # a card that predict could not read is never written
     mode = 0o600 if private else default_mode()
     pending = [(_atomic_save(_tensors(model.state_dict()), weights_path, mode, {"format": CARD_FORMAT}),
                 weights_path)]  # fmt: skip
@@ -150,9 +154,7 @@ def load_checkpoint(path: str | Path, *, with_state: bool = False) -> Checkpoint
     except json.JSONDecodeError as err:
         msg = f"{card_path}: corrupt checkpoint card ({err})"
         raise CheckpointError(msg) from err
-    if card.get("format") != CARD_FORMAT or "model" not in card:
-        msg = f"{card_path}: not a wsiseg checkpoint card"
-        raise CheckpointError(msg)
+    ModelCard.from_dict(card, source=str(card_path))  # refuses foreign, newer or malformed cards
     try:
         weights = load_file(str(weights_path))
         state = load_file(str(state_path)) if with_state and state_path.is_file() else None

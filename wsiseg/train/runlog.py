@@ -1,17 +1,24 @@
-"""Run folders: a new folder per run, the resolved config, CSV logs and learning-curve plots."""
+"""Run folders: a new folder per run, the resolved config, CSV logs, JSON records and learning-curve plots.
+
+:class:`RunFolder` is the one object that ``train``, ``fed-train`` and the Flower server use for their run
+folders: where the config, the round or epoch records, the checkpoints and the final metrics go, and whether
+the folder is private (owner-only, as every federated run folder is).
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wsiseg.config import to_toml
 from wsiseg.fileio import atomic_output, atomic_write_text
 
-__all__ = ["CsvLog", "latest_run", "new_run_dir", "plot_curves", "write_config"]
+__all__ = ["CsvLog", "RunFolder", "latest_run", "new_run_dir", "plot_curves", "write_config"]
 
 
 def new_run_dir(root: Path, kind: str, name: str | None = None, *, private: bool = False) -> Path:
@@ -108,3 +115,52 @@ def plot_curves(path: Path, rows: list[dict[str, str]], x: str, panels: list[tup
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder and what goes in it.
+
+    Attributes:
+        path: The folder.
+        private: Owner-only folder and files (federated runs: resume state, seeds, per-client logs).
+    """
+
+    path: Path
+    private: bool = False
+
+    @classmethod
+    def create(cls, root: Path, kind: str, *, private: bool = False) -> RunFolder:
+        """A new ``root/<YYYYmmdd-HHMMSS>-<kind>`` folder (never an existing one)."""
+        return cls(new_run_dir(root, kind, private=private), private)
+
+    @classmethod
+    def existing(cls, path: Path, *, private: bool = False) -> RunFolder:
+        """An existing run folder (``--resume``), created if missing; owner-only again when ``private``."""
+        if private:
+            from wsiseg.fileio import private_dir  # noqa: PLC0415
+
+            private_dir(path)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+        return cls(path, private)
+
+    def checkpoint(self, name: str) -> Path:
+        """``checkpoints/<name>`` (the checkpoint writer adds the suffixes)."""
+        return self.path / "checkpoints" / name
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        """The resolved settings as ``config.toml``."""
+        return write_config(self.path, config, private=self.private)
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """A JSON record (``metrics.json``, ``split.json``, ``result.json``), atomically."""
+        return atomic_write_text(self.path / name, json.dumps(data, indent=2, default=_plain), private=self.private)
+
+    def log(self, name: str, *, keep_until: tuple[str, float] | None = None) -> CsvLog:
+        """A CSV log in the folder (rows after ``keep_until`` dropped, for a resume)."""
+        return CsvLog(self.path / name, keep_until=keep_until)
+
+
+def _plain(obj: Any) -> Any:
+    return obj.tolist() if hasattr(obj, "tolist") else str(obj)

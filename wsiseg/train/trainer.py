@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,11 @@ from wsiseg.data.partition import kfold_slides, split_slides
 from wsiseg.data.transforms import PairTransform
 from wsiseg.errors import ConfigError
 from wsiseg.models import args_for_tiles, create_model
+from wsiseg.seeds import stream_seed
+from wsiseg.train.card import ModelCard, ModelSpec
 from wsiseg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wsiseg.train.loop import OptimConfig, evaluate, make_loss, make_optimizer, poly_lr, train_steps
-from wsiseg.train.runlog import CsvLog, new_run_dir, plot_curves, write_config
+from wsiseg.train.runlog import CsvLog, RunFolder, plot_curves
 
 __all__ = [
     "TrainConfig",
@@ -96,8 +97,8 @@ class TrainResult:
 def slide_split(source: TileSource, cfg: TrainConfig) -> tuple[list[str], list[str]]:
     """Train and test slide keys: a seeded 0.7/0.3 split, or fold ``cfg.fold`` of ``cfg.folds``."""
     if cfg.folds:
-        return kfold_slides(source.slide_ids, folds=cfg.folds, seed=cfg.seed)[cfg.fold]
-    return split_slides(source.slide_ids, test_fraction=cfg.test_fraction, seed=cfg.seed)
+        return kfold_slides(source.slide_ids, folds=cfg.folds, seed=stream_seed(cfg.seed, "train-split"))[cfg.fold]
+    return split_slides(source.slide_ids, test_fraction=cfg.test_fraction, seed=stream_seed(cfg.seed, "train-split"))
 
 
 def make_loaders(
@@ -105,7 +106,8 @@ def make_loaders(
 ) -> tuple[TileDataset | None, DataLoader[Any] | None]:
     """The training dataset (its loader is built per epoch) and the test loader."""
     transform = PairTransform() if cfg.augment else None
-    train_ds = TileDataset(train, transform=transform, seed=cfg.seed) if train is not None else None
+    aug_seed = stream_seed(cfg.seed, "augment", 0)
+    train_ds = TileDataset(train, transform=transform, seed=aug_seed) if train is not None else None
     test_loader = None
     if test is not None:
         test_ds = TileDataset(test)
@@ -117,7 +119,7 @@ def make_loaders(
 def epoch_loader(ds: TileDataset, cfg: TrainConfig, epoch: int, device: str) -> DataLoader[Any]:
     """A shuffled loader whose order depends only on ``(seed, epoch)``."""
     ds.set_epoch(epoch)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "data-order", epoch))
     return DataLoader(ds, batch_size=cfg.batch_size, shuffle=True, generator=gen, num_workers=cfg.workers,
                       pin_memory=device.startswith("cuda"), drop_last=False)  # fmt: skip
 
@@ -125,13 +127,9 @@ def epoch_loader(ds: TileDataset, cfg: TrainConfig, epoch: int, device: str) -> 
 def model_card(cfg: TrainConfig, source: TileSource, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint card: what predict needs to rebuild the model and repeat the tiling."""
     args = {"num_classes": len(source.classes), **args_for_tiles(cfg.model, cfg.model_args, source.config.size)}
-    return {
-        "model": {"name": cfg.model, "args": args},
-        "classes": source.classes.to_list(),
-        "tiling": source.config.to_dict(),
-        "train_config": cfg.to_dict(),
-        **(extra or {}),
-    }
+    card = ModelCard(ModelSpec(cfg.model, args), source.classes.to_list(), source.config.to_dict(),
+                     {"train_config": cfg.to_dict(), **(extra or {})})  # fmt: skip
+    return card.to_dict()
 
 
 def run_training(
@@ -163,7 +161,7 @@ def run_training(
     train_ids, test_ids = slide_split(source, cfg)
     train_ds, test_loader = make_loaders(source.subset(train_ids), source.subset(test_ids), cfg, device)
     assert train_ds is not None  # noqa: S101
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(stream_seed(cfg.seed, "init"))
     model_args = args_for_tiles(cfg.model, cfg.model_args, source.config.size)
     model = create_model(cfg.model, num_classes=len(source.classes), pretrained=cfg.pretrained, **model_args)
     model.to(device)
@@ -183,8 +181,9 @@ def run_training(
             raise ConfigError(msg)
         start_epoch, best = _restore(run_dir, model, optimizer)
     else:
-        run_dir = new_run_dir(runs_root, f"train-{cfg.model}")
-        write_config(run_dir, {**cfg.to_dict(), "split": {"train": train_ids, "test": test_ids}})
+        folder = RunFolder.create(runs_root, f"train-{cfg.model}")
+        run_dir = folder.path
+        folder.write_config({**cfg.to_dict(), "split": {"train": train_ids, "test": test_ids}})
     assert run_dir is not None  # noqa: S101
     log = CsvLog(run_dir / "metrics.csv", keep_until=("epoch", float(start_epoch)))
     card = model_card(cfg, source, {"split": {"train": train_ids, "test": test_ids}})
@@ -223,7 +222,7 @@ def run_training(
             return TrainResult(run_dir, best, report_dict, epoch + 1)
     final = run_dir / "checkpoints" / "final"
     save_checkpoint(final, model, {**card, "epoch": cfg.epochs, "metrics": report_dict})
-    (run_dir / "metrics.json").write_text(json.dumps(report_dict, indent=2), encoding="utf-8")
+    RunFolder(run_dir).write_json("metrics.json", report_dict)
     return TrainResult(run_dir, best, report_dict, cfg.epochs)
 
 

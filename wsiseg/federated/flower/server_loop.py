@@ -33,8 +33,7 @@ from wsiseg.federated.flower.messages import numpy_to_arrays, reply_to_result
 from wsiseg.federated.loop import RoundRecord, run_rounds
 from wsiseg.federated.server import ServerState, calibrate_sigma
 from wsiseg.federated.strategies import FedAvg
-from wsiseg.fileio import atomic_write_text, private_dir
-from wsiseg.train.runlog import CsvLog, write_config
+from wsiseg.train.runlog import CsvLog, RunFolder
 
 __all__ = ["FlowerSites", "ServerSpec", "serve"]
 
@@ -160,20 +159,21 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
         raise WsisegError(msg)
     log(f"sites online: {sorted(spec.sites[i] for i in sites.node_of)}")
     cfg = FedConfig.from_dict(spec.fed_config)
-    state = ServerState(cfg, private_dir(spec.run_dir), "cpu", ClassTable.from_list(sites.info["classes"]),
+    folder = RunFolder.existing(Path(spec.run_dir), private=True)
+    state = ServerState(cfg, folder.path, "cpu", ClassTable.from_list(sites.info["classes"]),
                         sites.info["tiling"], list(spec.sites),
                         federation={"engine": "flower", "min_clients": spec.min_clients})  # fmt: skip
     if spec.resume:
         state.restore()
     else:
         calibrate_sigma(state)
-        write_config(state.run_dir, {**cfg.to_dict(), "resolved_sigma": state.sigma}, private=True)
+        folder.write_config({**cfg.to_dict(), "resolved_sigma": state.sigma})
     out = run_rounds(state, FlowerSites(sites, spec, state, log))
     if out.stopped_early:
         log(out.stopped_early)
     log(f"done: {state.run_dir}  epsilon {out.epsilon}")
     result = {"rounds_done": out.last_round, "epsilon": out.epsilon, "run_dir": str(state.run_dir)}
-    atomic_write_text(state.run_dir / "result.json", json.dumps(result, indent=2), private=True)
+    folder.write_json("result.json", result)
     return result
 
 

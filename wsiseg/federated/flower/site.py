@@ -1,8 +1,8 @@
 """One site's side of a multi-site run: its data split, its own noise generator and its record of releases.
 
 The split mirrors :func:`wsiseg.federated.clients.build_clients` with ``client_dirs``: a site with index
-``i`` keeps held-out slides chosen with seed ``train_seed + i``, so the site trains on exactly the slides
-the in-process simulation gives client ``i``.
+``i`` keeps the held-out slides of :func:`~wsiseg.federated.clients.client_split_seed`, so the site trains
+on exactly the slides the in-process simulation gives client ``i``.
 
 A site owns its privacy; nothing the server sends decides it:
 
@@ -32,7 +32,7 @@ from safetensors.numpy import load_file, save_file
 from wsiseg.data.dataset import load_sources
 from wsiseg.data.partition import split_slides
 from wsiseg.errors import DataError, PrivacyError
-from wsiseg.federated.clients import Client
+from wsiseg.federated.clients import Client, client_split_seed
 from wsiseg.federated.strategies import FedAvg, strategy_class
 from wsiseg.fileio import atomic_output, atomic_write_text, private_dir
 from wsiseg.privacy.noise import make_generator
@@ -52,7 +52,7 @@ def load_site(data: str | Path, *, name: str, index: int, test_fraction: float, 
         raise DataError(msg)
     ids = src.slide_ids
     if len(ids) >= 2:
-        train_ids, test_ids = split_slides(ids, test_fraction=test_fraction, seed=seed + index)
+        train_ids, test_ids = split_slides(ids, test_fraction=test_fraction, seed=client_split_seed(seed, index))
         return Client(name, src.subset(train_ids), src.subset(test_ids))
     return Client(name, src, None)
 

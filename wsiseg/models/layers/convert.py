@@ -11,8 +11,7 @@ import copy
 
 from torch import nn
 
-from wsiseg.errors import ModelError
-from wsiseg.models.layers.norm import NORM_NAMES, group_count
+from wsiseg.models.layers.norm import canonical_norm, group_count
 
 __all__ = ["apply_norm", "batchnorm_names", "batchnorm_to_groupnorm", "check_norm"]
 
@@ -73,13 +72,7 @@ def check_norm(norm: str) -> str:
     Raises:
         ModelError: For an unknown norm name.
     """
-    key = norm.lower().replace("_", "").replace("-", "")
-    if key in {"batchnorm", "bn", "batchnorm2d"}:
-        return "batchnorm"
-    if key in {"groupnorm", "gn"}:
-        return "groupnorm"
-    msg = f"unknown norm {norm!r}; use one of {', '.join(NORM_NAMES)}"
-    raise ModelError(msg)
+    return canonical_norm(norm)
 
 
 def _group_norm_like(bn: nn.modules.batchnorm._BatchNorm, max_groups: int) -> nn.GroupNorm:

@@ -10,9 +10,25 @@ from torch import nn
 
 from wsiseg.errors import ModelError
 
-__all__ = ["NORM_NAMES", "group_count", "make_norm"]
+__all__ = ["NORM_ALIASES", "NORM_NAMES", "canonical_norm", "group_count", "make_norm"]
 
 NORM_NAMES = ("batchnorm", "groupnorm")
+#: Every accepted spelling (lower case, without ``_`` or ``-``) of each norm: the one norm map.
+NORM_ALIASES = {"batchnorm": "batchnorm", "bn": "batchnorm", "batchnorm2d": "batchnorm", "groupnorm": "groupnorm",
+                "gn": "groupnorm"}  # fmt: skip
+
+
+def canonical_norm(name: str) -> str:
+    """Return ``"batchnorm"`` or ``"groupnorm"`` for any accepted spelling of a norm.
+
+    Raises:
+        ModelError: For an unknown name.
+    """
+    key = name.lower().replace("_", "").replace("-", "")
+    if key not in NORM_ALIASES:
+        msg = f"unknown norm {name!r}; use one of {', '.join(NORM_NAMES)}"
+        raise ModelError(msg)
+    return NORM_ALIASES[key]
 
 
 def group_count(channels: int, max_groups: int = 32) -> int:
@@ -33,10 +49,6 @@ def make_norm(name: str, channels: int) -> nn.Module:
     Raises:
         ModelError: For an unknown name.
     """
-    key = name.lower().replace("_", "").replace("-", "")
-    if key in {"batchnorm", "bn", "batchnorm2d"}:
+    if canonical_norm(name) == "batchnorm":
         return nn.BatchNorm2d(channels)
-    if key in {"groupnorm", "gn"}:
-        return nn.GroupNorm(group_count(channels), channels)
-    msg = f"unknown norm {name!r}; use one of {', '.join(NORM_NAMES)}"
-    raise ModelError(msg)
+    return nn.GroupNorm(group_count(channels), channels)
