@@ -21,6 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check wsiseg tests benchmarks examples
 	$(BIN)/ruff format --check wsiseg tests benchmarks examples
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 test-all: $(STAMP)

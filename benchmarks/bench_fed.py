@@ -51,10 +51,10 @@ def _blas() -> str:
 
 def ensure_tiles(work: Path, n_slides: int, seed: int) -> Path:
     """Generate and tile (once) ``n_slides`` 4096 x 3072 synthetic slides into 64 px tiles with masks."""
-    from wsiseg.testing.synthetic import make_cohort  # noqa: PLC0415
-    from wsiseg.tiling import TilingConfig  # noqa: PLC0415
-    from wsiseg.tiling.batch import expand_sources, tile_many  # noqa: PLC0415
-    from wsiseg.tiling.manifest import MANIFEST_NAME  # noqa: PLC0415
+    from wsiseg.testing.synthetic import make_cohort
+    from wsiseg.tiling import TilingConfig
+    from wsiseg.tiling.batch import expand_sources, tile_many
+    from wsiseg.tiling.manifest import MANIFEST_NAME
 
     cohort, tiles = work / f"fed_cohort_{n_slides}_s{seed}", work / f"fed_tiles{TILE}_{n_slides}_s{seed}"
     if not (tiles / MANIFEST_NAME).is_file():
@@ -108,7 +108,7 @@ def overhead_table(tiles: Path, work: Path, args: argparse.Namespace) -> list[st
 
 def dhunet_updates(n_clients: int, seed: int) -> list[dict[str, np.ndarray]]:
     """Random float32 deltas with the shapes of every trainable tensor of ``dhunet`` (GroupNorm)."""
-    from wsiseg.models import create_model  # noqa: PLC0415
+    from wsiseg.models import create_model
 
     model = create_model("dhunet", pretrained=False, num_classes=4, norm="groupnorm")
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}

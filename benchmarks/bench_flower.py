@@ -101,7 +101,7 @@ def main() -> None:
         "flower_total_s": fl_total, "overhead_per_round_s": (sum(fl_rounds) - sum(sim_rounds)) / args.rounds,
         "max_abs_weight_diff": diff,
     }  # fmt: skip
-    print(json.dumps(report, indent=2))  # noqa: T201
+    print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
 

@@ -106,10 +106,10 @@ class StandIn(nn.Module):
 
 def rss_one(size: int, batch: int, threads: int) -> dict[str, float]:
     """Plan, predict, stitch and write one virtual slide; then time the stitcher alone on the same plan."""
-    from wsiseg.export.sinks import StitchSink  # noqa: PLC0415
-    from wsiseg.export.tiff import MaskTiffWriter  # noqa: PLC0415
-    from wsiseg.inference.predictor import PredictSettings, plan_prediction, run_prediction  # noqa: PLC0415
-    from wsiseg.inference.stitching import BandStitcher  # noqa: PLC0415
+    from wsiseg.export.sinks import StitchSink
+    from wsiseg.export.tiff import MaskTiffWriter
+    from wsiseg.inference.predictor import PredictSettings, plan_prediction, run_prediction
+    from wsiseg.inference.stitching import BandStitcher
 
     torch.set_num_threads(threads)  # the stand-in needs none; OpenMP spinning only hurts on a shared CPU
     tiling = TilingConfig()
@@ -169,7 +169,7 @@ def rss_table(sizes: list[int], batch: int, threads: int) -> list[str]:
 
 
 def _slide(work: Path, w: int, h: int, seed: int) -> Path:
-    from wsiseg.testing.synthetic import make_slide  # noqa: PLC0415
+    from wsiseg.testing.synthetic import make_slide
 
     path = work / f"predict_bench_{w}x{h}_s{seed}.svs"
     if not path.is_file():
@@ -179,8 +179,8 @@ def _slide(work: Path, w: int, h: int, seed: int) -> Path:
 
 def real_row(work: Path, name: str, path: Path, settings: Any, label: str) -> str:
     """``predict_to_tiff`` with a real (randomly initialised) model; one markdown row."""
-    from wsiseg.export.slide_mask import predict_to_tiff  # noqa: PLC0415
-    from wsiseg.models import create_model  # noqa: PLC0415
+    from wsiseg.export.slide_mask import predict_to_tiff
+    from wsiseg.models import create_model
 
     torch.manual_seed(0)
     model = create_model(name, pretrained=False, num_classes=CLASSES).to(settings.device)
@@ -198,7 +198,7 @@ def real_row(work: Path, name: str, path: Path, settings: Any, label: str) -> st
 
 def real_table(work: Path, threads: int) -> list[str]:
     """(c): CPU end-to-end with ``dhunet_tiny`` and full ``dhunet``."""
-    from wsiseg.inference.predictor import PredictSettings  # noqa: PLC0415
+    from wsiseg.inference.predictor import PredictSettings
 
     torch.set_num_threads(threads)
     cpu = PredictSettings(batch_size=8, workers=0, device="cpu")
@@ -212,7 +212,7 @@ def real_table(work: Path, threads: int) -> list[str]:
 
 def gpu_table(work: Path, workers: int) -> list[str]:
     """(d): DHUnet on CUDA, bf16 + channels_last + loader workers against plain fp32."""
-    from wsiseg.inference.predictor import PredictSettings  # noqa: PLC0415
+    from wsiseg.inference.predictor import PredictSettings
 
     if not torch.cuda.is_available():
         return ["(d) skipped: no CUDA device"]

@@ -108,7 +108,7 @@ def read_resize(path: Path, windows: list[Window], level: int, read: int, size: 
 
 def naive_loop(path: Path, windows: list[Window], window: int, size: int) -> int:
     """openslide level-0 read of the full window, then a Pillow resize to ``size``."""
-    import openslide  # noqa: PLC0415 (benchmark baseline, not package code)
+    import openslide
 
     osr = openslide.OpenSlide(str(path))
     try:

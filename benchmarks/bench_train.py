@@ -48,10 +48,10 @@ def _cpu_s() -> float:
 
 def ensure_tiles(work: Path, n_slides: int, seed: int) -> Path:
     """Generate and tile (once) ``n_slides`` 4096 x 3072 synthetic slides at 224 px with masks."""
-    from wsiseg.testing.synthetic import make_cohort  # noqa: PLC0415
-    from wsiseg.tiling import TilingConfig  # noqa: PLC0415
-    from wsiseg.tiling.batch import expand_sources, tile_many  # noqa: PLC0415
-    from wsiseg.tiling.manifest import MANIFEST_NAME  # noqa: PLC0415
+    from wsiseg.testing.synthetic import make_cohort
+    from wsiseg.tiling import TilingConfig
+    from wsiseg.tiling.batch import expand_sources, tile_many
+    from wsiseg.tiling.manifest import MANIFEST_NAME
 
     cohort, tiles = work / f"train_cohort_{n_slides}_s{seed}", work / f"train_tiles_{n_slides}_s{seed}"
     if not (tiles / MANIFEST_NAME).is_file():

@@ -75,7 +75,7 @@ def resolve_device(device: str = "auto") -> str:
     Raises:
         ConfigError: If CUDA is requested explicitly but not available.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -105,7 +105,7 @@ def checked_kwargs(cls: type, data: dict[str, Any], what: str, tuples: tuple[str
     Raises:
         ConfigError: Unknown keys (the message names them and the known ones).
     """
-    import dataclasses  # noqa: PLC0415
+    import dataclasses
 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

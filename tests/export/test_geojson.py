@@ -12,7 +12,7 @@ from shapely.geometry import shape
 from wsiseg.classes import DEFAULT_CLASSES
 from wsiseg.errors import DataError
 from wsiseg.export.geojson import mask_to_features, write_geojson
-from wsiseg.tiling.annotations import rasterize_geojson
+from wsiseg.tiling.annotation_io import rasterize_geojson
 
 SCALE = 4.0
 MPP = 0.5

@@ -121,7 +121,7 @@ def test_exception_midway_leaves_nothing(tmp_path: Path, labels: np.ndarray) -> 
         crash_midway()
     assert list(tmp_path.iterdir()) == []
 
-    def blocks():  # noqa: ANN202
+    def blocks():
         yield labels[:256]
         raise RuntimeError("reader died")
 

@@ -33,12 +33,12 @@ SITES = ["site0", "site1"]
 
 @contextlib.contextmanager
 def _identity(node_id: int) -> Iterator[None]:
-    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)  # noqa: SLF001
+    old = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, node_id, 1
     try:
         yield
     finally:
-        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old  # noqa: SLF001
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = old
 
 
 class LoopbackGrid:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.models.convnext import ConvNeXt
 from timm.models.swin_transformer import SwinTransformer
@@ -269,8 +269,8 @@ def test_full_forward_at_224(name: str) -> None:
 
 @pytest.mark.slow
 def test_full_pretrained_files_load(tmp_path: Path) -> None:
-    import timm  # noqa: PLC0415
-    from torchvision.models import resnet34, resnet50  # noqa: PLC0415
+    import timm
+    from torchvision.models import resnet34, resnet50
 
     r50 = resnet50().state_dict()
     model = get_entry("deeplabv3").fn(pretrained=_save(r50, tmp_path / "r50.pth"))

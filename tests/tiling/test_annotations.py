@@ -11,7 +11,7 @@ from shapely.geometry import Polygon
 
 from wsiseg.classes import DEFAULT_CLASSES, ClassInfo, ClassTable
 from wsiseg.errors import DataError
-from wsiseg.tiling.annotations import (
+from wsiseg.tiling.annotation_io import (
     fill_polygon,
     label_shape,
     load_label_image,

@@ -57,7 +57,7 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
         except WsisegError as err:
             if _STATE["debug"]:
                 raise
-            from wsiseg.cli._console import console  # noqa: PLC0415
+            from wsiseg.cli._console import console
 
             console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(err.exit_code) from None
@@ -109,7 +109,7 @@ def main() -> None:
     except Exception as err:
         if _STATE["debug"]:
             raise
-        from wsiseg.cli._console import console  # noqa: PLC0415
+        from wsiseg.cli._console import console
 
         console.print(
             f"[bold red]internal error:[/] {type(err).__name__}: {escape(str(err))} "

@@ -71,7 +71,7 @@ def merged_model_args(base: dict[str, Any], norm: str | None, img_size: int | No
 
 def given(ctx: Any, name: str) -> bool:
     """True when the user set option ``name`` on the command line (not left at its default)."""
-    from click.core import ParameterSource  # noqa: PLC0415
+    from click.core import ParameterSource
 
     return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
@@ -85,7 +85,7 @@ def batch_exit(failure_codes: list[int], total: int) -> None:
     Raises:
         typer.Exit: When any item failed.
     """
-    import typer  # noqa: PLC0415
+    import typer
 
     if not failure_codes:
         return

@@ -173,7 +173,7 @@ def checkpoint_path(checkpoint: Path | None, model: Path | None) -> Path | None:
     """``--checkpoint``, or the deprecated ``--model`` with a note on the console."""
     if model is None:
         return checkpoint
-    from wsiseg.cli._console import console  # noqa: PLC0415
+    from wsiseg.cli._console import console
 
     console.print("[yellow]note:[/] --model PATH is deprecated here; use --checkpoint PATH", highlight=False)
     return checkpoint or model

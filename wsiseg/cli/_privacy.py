@@ -15,10 +15,10 @@ def print_plan(cfg: Any, *, brief: bool = False) -> None:
     Raises:
         ConfigError: A model that would share BatchNorm running statistics under DP.
     """
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
-    from wsiseg.cli._console import console  # noqa: PLC0415
-    from wsiseg.federated.privacy_plan import check_dp_settings, plan_rows  # noqa: PLC0415
+    from wsiseg.cli._console import console
+    from wsiseg.federated.privacy_plan import check_dp_settings, plan_rows
 
     if not cfg.private:
         console.print(f"[bold yellow]--dp {cfg.dp}:[/] plain FedAvg, no differential privacy (epsilon is infinite).")

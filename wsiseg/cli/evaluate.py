@@ -103,7 +103,7 @@ def _slide_mode(masks: list[Path], truth: list[Path], slides: list[Path], palett
         gt = ground_truth_on_grid(truth[i], shape=labels.shape, downsample=ds, level0_size=level0, classes=classes,
                                   palette=palette)  # fmt: skip
         acc.update(labels, gt, mask.name)
-    assert acc is not None  # noqa: S101
+    assert acc is not None
     return acc.compute()
 
 

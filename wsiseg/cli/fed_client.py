@@ -14,7 +14,7 @@ from wsiseg.federated.modes import DP_MODES
 __all__ = ["fed_client"]
 
 
-def fed_client(  # noqa: PLR0913
+def fed_client(
     data: Annotated[Path, typer.Option(help="This site's tile dataset (from `wsiseg tile`).")],
     server: Annotated[str, typer.Option(help="SuperLink address HOST:PORT.")],
     site: Annotated[

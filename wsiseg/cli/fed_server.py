@@ -17,7 +17,7 @@ __all__ = ["fed_server"]
 F = o.FEDERATION
 
 
-def fed_server(  # noqa: PLR0913
+def fed_server(
     ctx: typer.Context,
     sites: Annotated[
         list[str] | None,
@@ -56,7 +56,7 @@ def fed_server(  # noqa: PLR0913
     config: o.ConfigOpt = None,
     runs: o.RunsOpt = Path("runs"),
     resume: o.ResumeOpt = None,
-    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0: all interfaces).", rich_help_panel=F)] = "0.0.0.0",  # noqa: S104
+    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0: all interfaces).", rich_help_panel=F)] = "0.0.0.0",
     port: Annotated[int, typer.Option(help="The SuperLink's one port (sites connect here).", rich_help_panel=F)] = 9092,
     certs: Annotated[
         Path | None, typer.Option(help="Server folder from `wsiseg fed-certs`.", rich_help_panel=F)

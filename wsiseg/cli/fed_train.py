@@ -13,7 +13,7 @@ from wsiseg.federated.modes import DEFAULT_DP_MODE
 __all__ = ["fed_train"]
 
 
-def fed_train(  # noqa: PLR0913
+def fed_train(
     ctx: typer.Context,
     data: o.DataOpt = None,
     client_dirs: Annotated[

@@ -19,8 +19,8 @@ def _fmt_mpp(mpp: list[float] | None) -> str:
 
 def _table(facts: dict[str, Any]) -> Any:
     """Build a rich table for one slide's ``Slide.info()`` dict."""
-    from rich.markup import escape  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
+    from rich.markup import escape
+    from rich.table import Table
 
     table = Table(show_header=False)
     table.add_column("key", style="bold")
@@ -59,11 +59,11 @@ def info(
     A slide that cannot be read is reported on one line and the others are still shown; the
     exit code is 1 when any slide failed.
     """
-    from rich.markup import escape  # noqa: PLC0415
+    from rich.markup import escape
 
-    from wsiseg.cli._console import batch_exit, console, stdout  # noqa: PLC0415
-    from wsiseg.errors import ConfigError, SlideError  # noqa: PLC0415
-    from wsiseg.slide import BACKEND_NAMES, open_slide  # noqa: PLC0415
+    from wsiseg.cli._console import batch_exit, console, stdout
+    from wsiseg.errors import ConfigError, SlideError
+    from wsiseg.slide import BACKEND_NAMES, open_slide
 
     if backend not in BACKEND_NAMES:
         msg = f"unknown --backend {backend!r}; use one of {', '.join(BACKEND_NAMES)}"

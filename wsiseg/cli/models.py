@@ -27,8 +27,8 @@ def count_gflops(model: nn.Module, size: int = 224) -> float:
     Returns:
         Giga floating-point operations.
     """
-    import torch  # noqa: PLC0415
-    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -41,7 +41,7 @@ def model_facts(name: str, *, flops: bool = True) -> dict[str, Any]:
 
     GFLOPs are counted at 224 px, or at the model's own size for variants fixed to one (``gflops_size``).
     """
-    from wsiseg.models import create_model, get_entry  # noqa: PLC0415
+    from wsiseg.models import create_model, get_entry
 
     entry = get_entry(name)
     model = create_model(name, pretrained=False)
@@ -67,9 +67,9 @@ def models(
     flops: Annotated[bool, typer.Option("--flops/--no-flops", help="Count GFLOPs at 224.")] = True,
 ) -> None:
     """List registered models: parameters, GFLOPs at 224 and the FedDP Table-I row (Dice/Jaccard/Acc)."""
-    from wsiseg.cli._console import console, stdout  # noqa: PLC0415
-    from wsiseg.errors import ModelError  # noqa: PLC0415
-    from wsiseg.models import list_models  # noqa: PLC0415
+    from wsiseg.cli._console import console, stdout
+    from wsiseg.errors import ModelError
+    from wsiseg.models import list_models
 
     names = list_models(pattern, include_tiny=tiny)
     if not names:
@@ -79,7 +79,7 @@ def models(
     if json_:
         stdout.print(json.dumps(rows, indent=2))
         return
-    from rich.table import Table  # noqa: PLC0415
+    from rich.table import Table
 
     table = Table(title="wsiseg models", caption=f"{FLOPS_NOTE}. Paper: centralised | FL | FedDP")
     for col, justify in [("name", "left"), ("family", "left"), ("params (M)", "right")]:

@@ -12,7 +12,7 @@ from wsiseg.cli import _options as o
 __all__ = ["train"]
 
 
-def train(  # noqa: PLR0913
+def train(
     ctx: typer.Context,
     data: o.DataOpt = None,
     model: o.ModelOpt = "dhunet",

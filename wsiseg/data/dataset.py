@@ -80,7 +80,9 @@ def load_sources(paths: Sequence[str | Path]) -> TileSource:
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float tensor ``(3, H, W)`` with ImageNet normalisation."""
     arr = np.asarray(image, dtype=np.float32) / 255.0
-    arr = (arr - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
+    mean = np.array(IMAGENET_MEAN, dtype=np.float32)
+    std = np.array(IMAGENET_STD, dtype=np.float32)
+    arr = (arr - mean) / std
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 

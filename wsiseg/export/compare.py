@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
 from wsiseg.classes import DEFAULT_CLASSES, ClassTable
 from wsiseg.errors import DataError
 from wsiseg.export.maskio import read_label_mask
-from wsiseg.tiling.annotations import load_label_image, rasterize_asap_xml, rasterize_geojson
+from wsiseg.tiling.annotation_io import LabelPalette, load_label_image, rasterize_asap_xml, rasterize_geojson
 
 __all__ = ["ground_truth_on_grid", "level0_size_from", "load_prediction", "recorded_slide_size"]
 
@@ -66,7 +67,9 @@ def ground_truth_on_grid(
         return _fit(rasterize_geojson(truth, level0_size=level0_size, downsample=downsample, classes=classes), shape)
     if suffix == ".xml":
         return _fit(rasterize_asap_xml(truth, level0_size=level0_size, downsample=downsample, classes=classes), shape)
-    labels, gt_ds = load_label_image(truth, level0_size=level0_size, palette=palette, classes=classes)  # type: ignore[arg-type]
+    # ``palette`` is unvalidated CLI text; load_label_image treats any other value like "ids"
+    gt_palette = cast(LabelPalette, palette)
+    labels, gt_ds = load_label_image(truth, level0_size=level0_size, palette=gt_palette, classes=classes)
     rows = np.floor((np.arange(shape[0]) + 0.5) * downsample / gt_ds).astype(np.int64)
     cols = np.floor((np.arange(shape[1]) + 0.5) * downsample / gt_ds).astype(np.int64)
     out = np.zeros(shape, dtype=np.uint8)

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -195,7 +196,7 @@ def write_overlay_pyramid_tiff(
     with atomic_output(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=h * w * 4 > 2**31) as tif:
         for i, factor in enumerate(levels):
             level = labels[::factor, ::factor]
-            res = {}
+            res: dict[str, Any] = {}
             if mpp is not None:
                 ppcm = 1e4 / (mpp * factor)
                 res = {"resolution": (ppcm, ppcm), "resolutionunit": "CENTIMETER"}

@@ -44,7 +44,7 @@ def choose_mask_level(shapes: list[tuple[int, int]], mpp0: float | None, target_
     return best
 
 
-def export_mask(  # noqa: PLR0913
+def export_mask(
     mask_path: Path,
     out_dir: Path,
     *,
@@ -115,7 +115,7 @@ def export_mask(  # noqa: PLR0913
 def _slide_facts(slide: Path | None) -> tuple[np.ndarray | None, tuple[int, int] | None, float | None]:
     if slide is None:
         return None, None, None
-    from wsiseg.slide import open_slide  # noqa: PLC0415
+    from wsiseg.slide import open_slide
 
     with open_slide(slide) as handle:
         mpp = handle.mpp[0] if handle.mpp else None

@@ -34,7 +34,7 @@ class SlidePrediction:
     prob_maps: list[Path]
 
 
-def predict_to_tiff(  # noqa: PLR0913
+def predict_to_tiff(
     slide_path: Path,
     model: nn.Module,
     out_path: Path,
@@ -72,9 +72,9 @@ def predict_to_tiff(  # noqa: PLR0913
             "wsiseg_version": __version__,
             **(provenance or {}),
         }
-        common = {"mpp": plan.mask_mpp, "classes": classes, "downsample_to_level0": 1.0 / geo.scale,
+        common: dict[str, Any] = {"mpp": plan.mask_mpp, "classes": classes, "downsample_to_level0": 1.0 / geo.scale,
                   "ome": ome}  # fmt: skip
-        writer = MaskTiffWriter(out_path, geo.width, geo.height, provenance=prov, **common)  # type: ignore[arg-type]
+        writer = MaskTiffWriter(out_path, geo.width, geo.height, provenance=prov, **common)
         prob_writers: list[MaskTiffWriter] = []
         try:
             if probs:

@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -285,7 +285,7 @@ class MaskTiffWriter:
                 tif.write(_iter_tiles(self._raw_path(level), w, h), **options)
 
 
-def _iter_tiles(raw_path: Path, width: int, height: int) -> Iterable[np.ndarray]:
+def _iter_tiles(raw_path: Path, width: int, height: int) -> Iterator[np.ndarray]:
     """Yield ``TILE`` x ``TILE`` tiles (edge tiles smaller) of a raw row-major uint8 file."""
     with open(raw_path, "rb") as f:
         for y in range(0, height, TILE):

@@ -18,7 +18,7 @@ def _n_clients(cfg: FedConfig) -> int:
 
 
 def _dp_model(cfg: FedConfig) -> Any:
-    from wsiseg.models import create_model  # noqa: PLC0415
+    from wsiseg.models import create_model
 
     args = dict(cfg.model_args)
     if cfg.private:
@@ -32,7 +32,7 @@ def check_dp_settings(cfg: FedConfig) -> int:
     Raises:
         ConfigError: BatchNorm running statistics under a DP mode.
     """
-    from wsiseg.federated.clients import check_dp_model  # noqa: PLC0415
+    from wsiseg.federated.clients import check_dp_model
 
     model = _dp_model(cfg)
     check_dp_model(model, private=cfg.private, mode=cfg.dp)

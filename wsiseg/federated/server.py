@@ -81,7 +81,7 @@ class ServerState:
         ConfigError: A model that keeps BatchNorm running statistics under DP.
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self, cfg: FedConfig, run_dir: Path, device: str, classes: ClassTable, tiling: dict[str, Any],
         roster: list[str], federation: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
@@ -237,7 +237,7 @@ def calibrate_sigma(state: ServerState) -> None:
     cfg = state.cfg
     if not cfg.calibrates:
         return
-    from wsiseg.privacy.calibrate import calibrate_noise_multiplier  # noqa: PLC0415
+    from wsiseg.privacy.calibrate import calibrate_noise_multiplier
 
     state.sigma = state.mode.sensitivity * calibrate_noise_multiplier(
         target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,  # type: ignore[arg-type]

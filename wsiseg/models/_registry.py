@@ -107,4 +107,4 @@ def get_entry(name: str) -> ModelEntry:
 
 def _ensure_loaded() -> None:
     # Importing the package registers every family module.
-    import wsiseg.models  # noqa: F401, PLC0415
+    import wsiseg.models  # noqa: F401

@@ -32,7 +32,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(msg)
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file  # noqa: PLC0415
+            from safetensors.torch import load_file
 
             return load_file(str(p))
         obj = torch.load(p, map_location="cpu", weights_only=True)

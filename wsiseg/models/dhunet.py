@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from timm.models.convnext import ConvNeXt
@@ -155,18 +155,17 @@ class DHUnet(nn.Module):
             ls_init_value=1e-6,
             num_classes=0,
         )
-        self.local_encoder.head = nn.Identity()
+        self.local_encoder.head = nn.Identity()  # type: ignore[assignment]  # timm types head as ClassifierHead
         enc_dims = [f["num_chs"] for f in self.global_encoder.feature_info]
         if enc_dims != [f["num_chs"] for f in self.local_encoder.feature_info]:
             msg = f"DHUnet branches disagree on stage widths: {enc_dims}"
             raise ModelError(msg)
-        self.decoder = nn.ModuleList(
-            GLFusionBlock(d, concat=i > 0, final=i == 3, norm=cfg.norm) for i, d in enumerate(reversed(enc_dims))
-        )
-        self.segment = nn.Conv2d(self.decoder[-1].out_channels, cfg.num_classes, 1, bias=False)
+        blocks = [GLFusionBlock(d, concat=i > 0, final=i == 3, norm=cfg.norm) for i, d in enumerate(reversed(enc_dims))]
+        self.decoder = nn.ModuleList(blocks)
+        self.segment = nn.Conv2d(blocks[-1].out_channels, cfg.num_classes, 1, bias=False)
         self.deep_supervision = nn.ModuleList(
             _aux_head(block.out_channels, cfg.num_classes, scale)
-            for block, scale in zip(self.decoder, (16, 8, 4, 1), strict=True)
+            for block, scale in zip(blocks, (16, 8, 4, 1), strict=True)
         )
 
     def forward(self, x: torch.Tensor, x_global: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
@@ -187,8 +186,9 @@ class DHUnet(nn.Module):
         # timm's ConvNeXt returns channels-last strides. On CPU that made the 32x32 transposed conv of the x4
         # expand ~90x slower for narrow decoders (tiny, 448 px), so features follow the input's format.
         fmt = _memory_format(x)
-        local = self.local_encoder.forward_intermediates(x, intermediates_only=True)
-        glob = self.global_encoder.forward_intermediates(xg, intermediates_only=True)
+        # intermediates_only=True makes timm return just the list (its annotation also allows a tuple)
+        local = cast(list[torch.Tensor], self.local_encoder.forward_intermediates(x, intermediates_only=True))
+        glob = cast(list[torch.Tensor], self.global_encoder.forward_intermediates(xg, intermediates_only=True))
         local = [f.contiguous(memory_format=fmt) for f in reversed(local)]
         glob = [f.contiguous(memory_format=fmt) for f in reversed(glob)]
         outs: list[torch.Tensor] = []
@@ -243,8 +243,8 @@ def _create_dhunet(base: DHUnetConfig, *, pretrained: bool | str | Path = False,
     return model
 
 
-def _load_pretrained(model: DHUnet, pretrained: bool | str | Path) -> None:
-    from wsiseg.models.pretrained import (  # noqa: PLC0415
+def _load_pretrained(model: DHUnet, pretrained: Literal[True] | str | Path) -> None:
+    from wsiseg.models.pretrained import (
         load_dhunet_pretrained,
         resolve_pretrained_dir,
     )

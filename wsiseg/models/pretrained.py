@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -145,13 +146,15 @@ def load_dhunet_pretrained(
     Raises:
         ModelError: Unreadable or missing source, failed download, or (strict) weights that do not fit.
     """
-    from timm.models import convnext as timm_convnext  # noqa: PLC0415
-    from timm.models import swin_transformer as timm_swin  # noqa: PLC0415
+    from timm.models import convnext as timm_convnext
+    from timm.models import swin_transformer as timm_swin
 
+    global_encoder = cast(nn.Module, model.global_encoder)
+    local_encoder = cast(nn.Module, model.local_encoder)
     branches = (
-        ("global", swin, model.global_encoder, SWIN_HUB_NAME, _SWIN_BLOCK, SWIN_STAGE3_MAP,
+        ("global", swin, global_encoder, SWIN_HUB_NAME, _SWIN_BLOCK, SWIN_STAGE3_MAP,
          timm_swin.checkpoint_filter_fn),
-        ("local", convnext, model.local_encoder, CONVNEXT_HUB_NAME, _CONVNEXT_BLOCK, CONVNEXT_STAGE3_MAP,
+        ("local", convnext, local_encoder, CONVNEXT_HUB_NAME, _CONVNEXT_BLOCK, CONVNEXT_STAGE3_MAP,
          timm_convnext.checkpoint_filter_fn),
     )  # fmt: skip
     reports: dict[str, BranchReport] = {}
@@ -199,7 +202,7 @@ def _load_branch(
 
 
 def _download(hub_name: str) -> dict[str, torch.Tensor]:
-    import timm  # noqa: PLC0415
+    import timm
 
     try:
         reference = timm.create_model(hub_name, pretrained=True)

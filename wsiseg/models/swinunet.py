@@ -26,8 +26,9 @@ ECCV Workshops 2022.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
@@ -80,7 +81,7 @@ class SwinUnet(nn.Module):
         drop_path_rate: Stochastic depth rate (linear over the encoder blocks, mirrored in the decoder).
     """
 
-    def __init__(  # noqa: PLR0913
+    def __init__(
         self,
         num_classes: int = 4,
         img_size: int = 224,
@@ -98,7 +99,7 @@ class SwinUnet(nn.Module):
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depths=tuple(depths),
             num_heads=tuple(num_heads), window_size=window_size, drop_path_rate=drop_path_rate, num_classes=0,
         )  # fmt: skip
-        self.encoder.head = nn.Identity()
+        self.encoder.head = nn.Identity()  # type: ignore[assignment]  # timm types head as ClassifierHead
         total = sum(depths)
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # as torch.linspace
         grid = img_size // patch_size
@@ -138,7 +139,7 @@ class SwinUnet(nn.Module):
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.encoder.patch_embed(x)
         skips = []
-        for stage in self.encoder.layers:
+        for stage in cast(Iterable[SwinTransformerStage], self.encoder.layers):
             x = stage.downsample(x)
             skips.append(x)
             x = stage.blocks(x)
@@ -157,8 +158,9 @@ class SwinUnet(nn.Module):
     def mirror_encoder_into_decoder(self) -> None:
         """Copy each encoder stage's blocks into the decoder stage of the same level (reference init)."""
         n = len(self.encoder.layers)
-        for i, stage in enumerate(self.stages):
-            stage.blocks.load_state_dict(self.encoder.layers[n - 2 - i].blocks.state_dict())
+        for i, stage in enumerate(cast(Iterable[SwinTransformerStage], self.stages)):
+            source = cast(SwinTransformerStage, self.encoder.layers[n - 2 - i])
+            stage.blocks.load_state_dict(source.blocks.state_dict())
 
 
 def _from_microsoft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,10 +32,11 @@ Segmentation", MICCAI 2021.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet, ResNet34_Weights, resnet34
@@ -88,9 +89,7 @@ class BiFusion(nn.Module):
         drop_rate: Dropout2d rate on the output.
     """
 
-    def __init__(  # noqa: PLR0913
-        self, ch_cnn: int, ch_tr: int, reduction: int, ch_int: int, ch_out: int, drop_rate: float
-    ) -> None:
+    def __init__(self, ch_cnn: int, ch_tr: int, reduction: int, ch_int: int, ch_out: int, drop_rate: float) -> None:
         super().__init__()
         self.se = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch_tr, ch_tr // reduction, 1), nn.ReLU(inplace=True),
@@ -224,7 +223,10 @@ def _vit_state_for(state: dict[str, torch.Tensor], vit: VisionTransformer) -> di
     """Drop the class token (and its position) and resize the position grid to ``vit``'s, as the reference."""
     state = {k: v for k, v in state.items() if k != "cls_token"}
     pos = state.get("pos_embed")
-    if pos is None or pos.shape[1] == vit.pos_embed.shape[1]:
+    if pos is None:
+        return state
+    assert vit.pos_embed is not None  # TransFuse ViTs have a learned position embedding
+    if pos.shape[1] == vit.pos_embed.shape[1]:
         return state
     n = pos.shape[1]
     if round((n - 1) ** 0.5) ** 2 == n - 1:  # a class-token position in front of a square grid
@@ -276,7 +278,7 @@ def _vit(img_size: int, dim: int, depth: int, heads: int) -> VisionTransformer:
 @register_model(
     "transfuse", family="transfuse", paper_row="- | - | 84.64", params_m=26.26, img_size=224, fixed_size=True
 )
-def transfuse(  # noqa: PLR0913
+def transfuse(
     *,
     num_classes: int = 4,
     pretrained: bool | str | Path = False,
@@ -299,7 +301,7 @@ def transfuse(  # noqa: PLR0913
     """
     model = TransFuse(resnet34(), _vit(img_size, 384, 8, 6), num_classes, drop_rate)
     _load_encoders(model, *resolve_pretrained(pretrained))
-    return apply_norm(model, norm)
+    return cast(TransFuse, apply_norm(model, norm))  # the model itself or a converted copy of it
 
 
 @register_model("transfuse_tiny", family="transfuse", tiny=True, img_size=64, fixed_size=True)
@@ -313,4 +315,4 @@ def transfuse_tiny(
     cnn = ResNet(BasicBlock, [1, 1, 1, 1])
     model = TransFuse(cnn, _vit(64, 64, 2, 2), num_classes)
     _load_encoders(model, False, reject_download(pretrained, "transfuse_tiny"))
-    return apply_norm(model, norm)
+    return cast(TransFuse, apply_norm(model, norm))  # the model itself or a converted copy of it

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 from torch import nn
@@ -135,7 +136,7 @@ class UPerNetConvNeXt(nn.Module):
             ls_init_value=1.0,
             num_classes=0,
         )
-        self.encoder.head = nn.Identity()
+        self.encoder.head = nn.Identity()  # type: ignore[assignment]  # timm types head as ClassifierHead
         self.out_norms = nn.ModuleList(LayerNorm2d(d, eps=1e-6) for d in dims)
         self.decode_head = UPerHead(dims, num_classes, head_channels, norm=norm)
 
@@ -162,9 +163,9 @@ def _load_encoder(model: UPerNetConvNeXt, pretrained: bool | str | Path | None) 
         load_matching(model.encoder, state, source=path, what="timm ConvNeXt")
 
 
-def _create(pretrained: bool | str | Path | None, norm: str, **kwargs: object) -> UPerNetConvNeXt:
+def _create(pretrained: bool | str | Path | None, norm: str, **kwargs: Any) -> UPerNetConvNeXt:
     head_norm = "groupnorm" if check_norm(norm) == "groupnorm" else None
-    model = UPerNetConvNeXt(norm=head_norm, **kwargs)  # type: ignore[arg-type]
+    model = UPerNetConvNeXt(norm=head_norm, **kwargs)
     _load_encoder(model, pretrained)
     return model
 

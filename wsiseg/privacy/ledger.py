@@ -110,7 +110,7 @@ class PrivacyLedger:
     def _segments(self, extra: Sequence[Segment] = ()) -> list[Segment]:
         return [(e.accounted_multiplier, e.sample_rate, 1) for e in self._entries] + list(extra)
 
-    def record_round(  # noqa: PLR0913
+    def record_round(
         self,
         *,
         round: int,

@@ -36,7 +36,7 @@ class ClientSampler:
     """
 
     def __init__(self, key: bytes, *, amplifies: bool, counter: int = 0) -> None:
-        if len(key) != 32:  # noqa: PLR2004
+        if len(key) != 32:
             msg = f"client-sampling key must be 32 bytes, got {len(key)}"
             raise PrivacyError(msg)
         self._key, self.amplifies, self.counter = key, amplifies, int(counter)

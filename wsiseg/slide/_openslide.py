@@ -20,7 +20,7 @@ __all__ = ["OpenSlideBackend", "detect_format"]
 
 def detect_format(source: Path) -> str | None:
     """Return the openslide vendor name for ``source`` (e.g. ``"aperio"``), or None if unknown."""
-    import openslide  # noqa: PLC0415
+    import openslide
 
     return openslide.OpenSlide.detect_format(source)
 
@@ -38,7 +38,7 @@ class OpenSlideBackend:
     name = "openslide"
 
     def __init__(self, source: Path) -> None:
-        import openslide  # noqa: PLC0415
+        import openslide
 
         vendor = detect_format(source)
         if vendor is None:

@@ -53,7 +53,7 @@ class TiffSlideBackend:
     name = "tiffslide"
 
     def __init__(self, source: Path) -> None:
-        import tiffslide  # noqa: PLC0415
+        import tiffslide
 
         if not is_tiff(source):
             raise BackendOpenError(self.name, "not a TIFF file", kind="unknown")

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -156,8 +157,8 @@ def make_slide(
     Image.fromarray(labels).save(mask_path)
     levels = [np.zeros((math.ceil(height / 4), math.ceil(width / 4), 3), dtype=np.uint8)]
     tail = f"AppMag = {10 / mpp:g}|ScanScope ID = WSISEG-SYNTH|Filename = {path.stem}|MPP = {mpp}"
-    opts = {"photometric": "rgb", "metadata": None, "software": "wsiseg.testing", "maxworkers": 1}
-    jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}}
+    opts: dict[str, Any] = {"photometric": "rgb", "metadata": None, "software": "wsiseg.testing", "maxworkers": 1}
+    jpeg: dict[str, Any] = {"compression": "jpeg", "compressionargs": {"level": quality}}
     with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 3_500_000_000) as tw:
         head = f"({tile}x{tile}) JPEG/RGB Q={quality}"
         tw.write(

@@ -6,9 +6,10 @@ import csv
 import glob
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from wsiseg.classes import DEFAULT_CLASSES, ClassTable
 from wsiseg.errors import DataError, TilingError, WsisegError
@@ -73,7 +74,7 @@ def _scan_dir(folder: Path) -> list[Path]:
     return found
 
 
-def expand_sources(inputs: list[str | Path]) -> list[Path]:
+def expand_sources(inputs: Sequence[str | Path]) -> list[Path]:
     """Expand files, folders (recursively; a folder of ``.dcm`` files is one DICOM slide) and globs.
 
     Label images (``*_mask.png`` and similar) and previews inside folders are not slides and are skipped.
@@ -93,8 +94,7 @@ def expand_sources(inputs: list[str | Path]) -> list[Path]:
             out.extend(Path(m) for m in matches if not _is_label_name(Path(m)))
         else:
             out.append(path)
-    seen: set[Path] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(out))  # drop repeats, keep the first occurrence's order
 
 
 def find_label_file(slide: Path, masks_dir: Path | None) -> Path | None:
@@ -113,7 +113,8 @@ def find_label_file(slide: Path, masks_dir: Path | None) -> Path | None:
 def load_labels(path: Path, level0_size: tuple[int, int], classes: ClassTable, palette: str) -> LabelSource:
     """Load a label image, QuPath GeoJSON or ASAP XML as class ids at a downsample of the slide."""
     # Not `from wsiseg.tiling import annotations`: that name is the __future__ feature in the package.
-    from wsiseg.tiling.annotations import (  # noqa: PLC0415
+    from wsiseg.tiling.annotation_io import (
+        LabelPalette,
         load_label_image,
         rasterize_asap_xml,
         rasterize_geojson,
@@ -127,7 +128,8 @@ def load_labels(path: Path, level0_size: tuple[int, int], classes: ClassTable, p
         else:
             labels = rasterize_geojson(path, level0_size=level0_size, downsample=ds, classes=classes)
         return LabelSource(labels, ds, str(path))
-    labels, ds = load_label_image(path, level0_size=level0_size, palette=palette)
+    # ``palette`` is unvalidated CLI text; load_label_image treats any other value like "ids"
+    labels, ds = load_label_image(path, level0_size=level0_size, palette=cast(LabelPalette, palette))
     return LabelSource(labels, float(ds), str(path))
 
 
@@ -194,13 +196,13 @@ def tile_many(
                 continue
         try:
             if not source.exists():
-                from wsiseg.errors import SlideError  # noqa: PLC0415
+                from wsiseg.errors import SlideError
 
                 msg = f"{source}: no such file or folder; check the path"
                 raise SlideError(msg)
             labels = None
             if label_file is not None:
-                from wsiseg.slide import open_slide  # noqa: PLC0415
+                from wsiseg.slide import open_slide
 
                 with open_slide(source, backend=backend) as probe:
                     dims = probe.dimensions

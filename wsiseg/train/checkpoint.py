@@ -51,7 +51,7 @@ class Checkpoint:
         Raises:
             CheckpointError: If the weights do not fit the model.
         """
-        from wsiseg.models import create_model  # noqa: PLC0415
+        from wsiseg.models import create_model
 
         spec = self.model_card.model
         model = create_model(spec.name, **{**spec.args, "pretrained": False})

@@ -95,10 +95,10 @@ class CsvLog:
 
 def plot_curves(path: Path, rows: list[dict[str, str]], x: str, panels: list[tuple[str, list[str]]]) -> None:
     """Plot columns of logged rows against ``x``, one panel per ``(title, columns)``, to a PNG (atomic)."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (title, cols) in zip(axes[0], panels, strict=True):
@@ -138,7 +138,7 @@ class RunFolder:
     def existing(cls, path: Path, *, private: bool = False) -> RunFolder:
         """An existing run folder (``--resume``), created if missing; owner-only again when ``private``."""
         if private:
-            from wsiseg.fileio import private_dir  # noqa: PLC0415
+            from wsiseg.fileio import private_dir
 
             private_dir(path)
         else:

@@ -160,7 +160,7 @@ def run_training(
     source = load_sources(cfg.data)
     train_ids, test_ids = slide_split(source, cfg)
     train_ds, test_loader = make_loaders(source.subset(train_ids), source.subset(test_ids), cfg, device)
-    assert train_ds is not None  # noqa: S101
+    assert train_ds is not None
     torch.manual_seed(stream_seed(cfg.seed, "init"))
     model_args = args_for_tiles(cfg.model, cfg.model_args, source.config.size)
     model = create_model(cfg.model, num_classes=len(source.classes), pretrained=cfg.pretrained, **model_args)
@@ -184,7 +184,7 @@ def run_training(
         folder = RunFolder.create(runs_root, f"train-{cfg.model}")
         run_dir = folder.path
         folder.write_config({**cfg.to_dict(), "split": {"train": train_ids, "test": test_ids}})
-    assert run_dir is not None  # noqa: S101
+    assert run_dir is not None
     log = CsvLog(run_dir / "metrics.csv", keep_until=("epoch", float(start_epoch)))
     card = model_card(cfg, source, {"split": {"train": train_ids, "test": test_ids}})
     report_dict: dict[str, Any] = {}
@@ -196,7 +196,7 @@ def run_training(
             first_step=epoch * steps_per_epoch, max_steps=steps_per_epoch, device=device, amp=cfg.amp,
             channels_last=cfg.channels_last, on_step=on_step,
         )  # fmt: skip
-        assert test_loader is not None  # noqa: S101
+        assert test_loader is not None
         report = evaluate(model, test_loader, source.classes.names, device=device, amp=cfg.amp)
         report_dict = report.to_dict()
         dice = float(np.nan_to_num(report.paper["dice"], nan=0.0))
@@ -238,7 +238,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tens
 def _restore(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last", with_state=True)
     model.load_state_dict(ckpt.weights)
-    assert ckpt.state is not None  # noqa: S101
+    assert ckpt.state is not None
     sd = optimizer.state_dict()
     params = sd["param_groups"][0]["params"]
     sd["state"] = {

@@ -51,14 +51,14 @@ def _write(path: Path, data: bytes, *, private: bool = False) -> None:
 
 
 def _name(cn: str) -> x509.Name:
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
 
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
-    from cryptography import x509  # noqa: PLC0415
+    from cryptography import x509
 
     entries: list[x509.GeneralName] = []
     for h in hosts:
@@ -70,9 +70,9 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
 
 
 def _cert(subject: str, issuer: str, pub: Any, key: Any, days: int, *, ca: bool, hosts: list[str]) -> bytes:
-    from cryptography import x509  # noqa: PLC0415
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -108,8 +108,8 @@ def make_trial_certs(out: str | Path, sites: list[str], *, hosts: list[str], day
     Raises:
         ConfigError: Bad or duplicate site names, no hosts, or days < 1.
     """
-    from cryptography.hazmat.primitives import serialization as ser  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     bad = [s for s in sites if not _SITE_RE.match(s)]
     if not sites or bad or len(set(sites)) != len(sites):

@@ -44,7 +44,7 @@ def _node(context: Context) -> dict[str, Any]:
 
 def handle_hello(node: dict[str, Any]) -> RecordDict:
     """The site's name, class table and tiling settings (no counts or slide names leave the site)."""
-    from wsiseg.data.dataset import load_sources  # noqa: PLC0415
+    from wsiseg.data.dataset import load_sources
 
     src = load_sources([node["data"]])
     info = {"site": str(node["site"]), "classes": src.classes.to_list(), "tiling": src.config.to_dict()}
@@ -61,16 +61,16 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     Raises:
         PrivacyError: The request asks for less protection than the site allows, or changes an answered round.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
-    from wsiseg.config import resolve_device  # noqa: PLC0415
-    from wsiseg.federated.clients import ClientResult, local_update  # noqa: PLC0415
-    from wsiseg.federated.config import FedConfig  # noqa: PLC0415
-    from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply  # noqa: PLC0415
-    from wsiseg.federated.flower.site import ReleaseLog, SitePolicy, load_site, request_digest  # noqa: PLC0415
-    from wsiseg.federated.rounds import local_training  # noqa: PLC0415
-    from wsiseg.models import create_model  # noqa: PLC0415
-    from wsiseg.privacy.clipping import global_l2_norm  # noqa: PLC0415
+    from wsiseg.config import resolve_device
+    from wsiseg.federated.clients import ClientResult, local_update
+    from wsiseg.federated.config import FedConfig
+    from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply
+    from wsiseg.federated.flower.site import ReleaseLog, SitePolicy, load_site, request_digest
+    from wsiseg.federated.rounds import local_training
+    from wsiseg.models import create_model
+    from wsiseg.privacy.clipping import global_l2_norm
 
     conf = content.config_records["config"]
     cfg = FedConfig.from_dict(json.loads(str(conf["fed-config"])))
@@ -109,8 +109,8 @@ def _release(cfg: Any, sigma: float, res: Any, node: dict[str, Any]) -> Any:
     Modes that noise at the site draw from the site's own generator (:class:`NoiseState`), saved before the
     release leaves, so a crash can never make the site reuse noise for another round.
     """
-    from wsiseg.federated.flower.site import NoiseState  # noqa: PLC0415
-    from wsiseg.federated.strategies import make_strategy  # noqa: PLC0415
+    from wsiseg.federated.flower.site import NoiseState
+    from wsiseg.federated.strategies import make_strategy
 
     strategy = make_strategy(cfg.dp, clip=cfg.clip, noise_multiplier=sigma, scope=cfg.clip_scope)
     if not strategy.noises_at_site:

@@ -47,7 +47,7 @@ def _site_keys(keys_dir: Path | None, sites: list[str]) -> dict[str, Path]:
     return keys
 
 
-def run_server(  # noqa: PLR0913
+def run_server(
     spec: ServerSpec,
     *,
     host: str,
@@ -90,7 +90,7 @@ def run_server(  # noqa: PLR0913
     spec_path = atomic_write_text(run_dir / "server-spec.json", json.dumps(dataclasses.asdict(spec), indent=2),
                                   private=True)  # fmt: skip
     env = launch.flower_env(work / "flwr-home")
-    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     launch.write_connection(work / "flwr-home", f"{connect_host}:{port}", tls)
     app_dir = launch.write_app_dir(work / "app", spec_path)
     _retire_superlink_state(work)

@@ -20,11 +20,11 @@ _log = logging.getLogger("wsiseg.fed-server")
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Load the spec and serve all rounds."""
-    from wsiseg.federated.flower.server_loop import ServerSpec, serve  # noqa: PLC0415
+    from wsiseg.federated.flower.server_loop import ServerSpec, serve
 
     spec = ServerSpec.load(str(context.run_config["spec"]))
 
     def say(line: str) -> None:
-        print(f"[wsiseg] {line}", flush=True)  # noqa: T201 (streamed to `flwr run --stream`)
+        print(f"[wsiseg] {line}", flush=True)
 
     serve(grid, spec, log=say)

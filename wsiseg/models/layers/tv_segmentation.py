@@ -7,6 +7,7 @@ returns a plain tensor. ``finish_tv_model`` applies the common ``pretrained=path
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ class OutOnly(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         """The ResNet feature extractor (an ``IntermediateLayerGetter``)."""
-        return self.model.backbone
+        return cast(nn.Module, self.model.backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(B, num_classes, H, W)`` at the input resolution."""
@@ -67,5 +68,5 @@ def finish_tv_model(model: nn.Module, *, path: Path | None, norm: str, what: str
         ModelError: Unreadable or mismatching weights file, or unknown norm.
     """
     if path is not None:
-        load_matching(model.backbone, load_weights_file(path), source=path, what=what)
+        load_matching(cast(nn.Module, model.backbone), load_weights_file(path), source=path, what=what)
     return OutOnly(apply_norm(model, norm))

@@ -30,6 +30,7 @@ from wsiseg.classes import DEFAULT_CLASSES, WSSS4LUAD_PALETTE_REMAP, ClassTable
 from wsiseg.errors import DataError
 
 __all__ = [
+    "LabelPalette",
     "fill_polygon",
     "label_shape",
     "load_label_image",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 Rings = Sequence[np.ndarray]
+#: Label image conventions of ``load_label_image``.
+LabelPalette = Literal["auto", "wsss4luad", "ids"]
 _WSSS4LUAD_COLORS = [(0, 64, 128), (64, 128, 0), (243, 152, 0)]
 _ASAP_AREA_TYPES = {"polygon", "spline", "rectangle"}
 
@@ -230,7 +233,7 @@ def _load_json(path: Path) -> Any:
 
 
 def _asap_coordinates(annotation: ET.Element) -> np.ndarray:
-    coords = []
+    coords: list[tuple[int, float, float]] = []
     for c in annotation.iter("Coordinate"):
         order = int(c.get("Order", len(coords)))
         x = float(c.get("X", "nan").replace(",", "."))
@@ -301,7 +304,7 @@ def _read_label_file(path: Path) -> tuple[np.ndarray, list[tuple[int, int, int]]
             colors = None
             if img.mode == "P":
                 pal = img.getpalette() or []
-                colors = [tuple(pal[i : i + 3]) for i in range(0, min(len(pal), 9), 3)]
+                colors = [(pal[i], pal[i + 1], pal[i + 2]) for i in range(0, min(len(pal), 9), 3)]
             return np.asarray(img), colors
     finally:
         Image.MAX_IMAGE_PIXELS = limit
@@ -325,7 +328,7 @@ def load_label_image(
     path: str | os.PathLike[str],
     *,
     level0_size: tuple[int, int],
-    palette: Literal["auto", "wsss4luad", "ids"] = "auto",
+    palette: LabelPalette = "auto",
     classes: ClassTable = DEFAULT_CLASSES,
 ) -> tuple[np.ndarray, float]:
     """Load a label PNG/TIFF whose size is an integer downsample of the slide.
