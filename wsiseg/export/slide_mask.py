@@ -1,4 +1,8 @@
-"""Predict one slide into ``mask.tif``: plan windows, run the model, stitch, write the pyramid atomically."""
+"""Predict one slide into ``mask.tif``: the TIFF outputs for :func:`wsiseg.inference.slide.predict_slide`.
+
+The orchestration (open, plan, run, close or abort) lives in ``wsiseg.inference``; this module only opens
+the pyramidal label writer and the optional per-class probability writers for the plan.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
-from wsiseg import __version__
 from wsiseg.classes import ClassTable
 from wsiseg.export.sinks import StitchSink, open_prob_writers
 from wsiseg.export.tiff import MaskTiffWriter
-from wsiseg.inference.predictor import PredictSettings, plan_prediction, run_prediction
-from wsiseg.slide import open_slide
+from wsiseg.inference.predictor import PredictPlan, PredictSettings
+from wsiseg.inference.slide import predict_slide, with_probs
 from wsiseg.tiling.geometry import TilingConfig
 
 __all__ = ["SlidePrediction", "predict_to_tiff"]
@@ -58,35 +62,44 @@ def predict_to_tiff(
         ConfigError: The card defines windows in um and the slide has no mpp.
     """
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open_slide(slide_path, backend=backend) as slide:
-        plan = plan_prediction(slide, tiling, slide_mpp=slide_mpp, min_tissue=settings.min_tissue)
+    opened: list[_TiffOutputs] = []
+
+    def open_outputs(plan: PredictPlan, prov: dict[str, Any]) -> _TiffOutputs:
         geo = plan.geometry
-        prov = {
-            "slide": str(slide_path),
-            "slide_dimensions": list(slide.dimensions),
-            "slide_mpp": plan.slide_mpp,
-            "tiling": tiling.to_dict(),
-            "window_level0": plan.window0,
-            "stride_level0": plan.stride0,
-            "windows_predicted": len(plan.origins),
-            "wsiseg_version": __version__,
-            **(provenance or {}),
-        }
         common: dict[str, Any] = {"mpp": plan.mask_mpp, "classes": classes, "downsample_to_level0": 1.0 / geo.scale,
-                  "ome": ome}  # fmt: skip
+                                  "ome": ome}  # fmt: skip
         writer = MaskTiffWriter(out_path, geo.width, geo.height, provenance=prov, **common)
-        prob_writers: list[MaskTiffWriter] = []
         try:
-            if probs:
-                prob_writers = open_prob_writers(out_path, geo.width, geo.height, provenance=prov, **common)
-            sink = StitchSink(writer, prob_writers)
-            run_settings = PredictSettings(**{**settings.__dict__, "emit_probs": probs})
-            stats = run_prediction(slide, model, plan, tiling, sink, run_settings, progress=progress)
-            for w in sink.writers():
-                w.close()
+            prob_writers = (
+                open_prob_writers(out_path, geo.width, geo.height, provenance=prov, **common) if probs else []
+            )
         except BaseException:
-            for w in [writer, *prob_writers]:
-                w.abort()
+            writer.abort()
             raise
-    return SlidePrediction(out_path, geo.width, geo.height, plan.mask_mpp, len(plan.origins), plan.n_grid,
-                           stats["seconds"], [w.path for w in prob_writers])  # fmt: skip
+        opened.append(_TiffOutputs(StitchSink(writer, prob_writers)))
+        return opened[-1]
+
+    res = predict_slide(slide_path, model, tiling=tiling, settings=with_probs(settings, probs),
+                        open_outputs=open_outputs, backend=backend, slide_mpp=slide_mpp, provenance=provenance,
+                        progress=progress)  # fmt: skip
+    geo = res.plan.geometry
+    return SlidePrediction(out_path, geo.width, geo.height, res.plan.mask_mpp, len(res.plan.origins),
+                           res.plan.n_grid, res.seconds, [w.path for w in opened[0].sink.probs])  # fmt: skip
+
+
+class _TiffOutputs:
+    """The pyramidal TIFF writers of one slide as :class:`~wsiseg.inference.slide.SlideOutputs`."""
+
+    def __init__(self, sink: StitchSink) -> None:
+        self.sink = sink
+
+    def __call__(self, row_start: int, labels: np.ndarray, probs: np.ndarray | None) -> None:
+        self.sink(row_start, labels, probs)
+
+    def close(self) -> None:
+        for w in self.sink.writers():
+            w.close()
+
+    def abort(self) -> None:
+        for w in self.sink.writers():
+            w.abort()
