@@ -75,8 +75,9 @@ class SimulatedClients:
     ) -> list[tuple[int, ClientResult]]:
         """Train and release every picked client, in index order."""
         out, self.release_seconds, self._site_rows = [], 0.0, []
+        local = strategy.local_training(self.local)
         for i in picked:
-            res = local_update(state.model, state.global_weights, self.clients[i], self.local, round_index=rnd,
+            res = local_update(state.model, state.global_weights, self.clients[i], local, round_index=rnd,
                                total_rounds=self.cfg.rounds, seed=self.cfg.train_seed, client_index=i)  # fmt: skip
             t0 = time.perf_counter()
             released = strategy.release(res, self.rngs[i])

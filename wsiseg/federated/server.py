@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from wsiseg.federated.clients import ClientResult, check_dp_model, trainable_sta
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import FedAvg, RoundAggregate, make_strategy, strategy_class
 from wsiseg.models import args_for_tiles, create_model
-from wsiseg.privacy.clipping import ClipScope
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 from wsiseg.privacy.sampling import ClientSampler
@@ -131,7 +130,7 @@ class ServerState:
             clip=self.cfg.clip,
             noise_multiplier=self.sigma,
             rng=self.noise_rng,
-            scope=cast("ClipScope", self.cfg.clip_scope),
+            scope=self.cfg.clip_scope,
         )
 
     def privacy_summary(self) -> dict[str, Any]:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast, get_args
 
 import numpy as np
 
 from wsiseg.errors import ConfigError
 from wsiseg.federated.aggregate import dp_client_update_local, dp_fedavg_central, fedavg
-from wsiseg.federated.clients import ClientResult
+from wsiseg.federated.clients import ClientResult, LocalTraining
 from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, DpMode
 from wsiseg.privacy.clipping import ClipScope, global_l2_norm
 from wsiseg.privacy.noise import noise_std_sum
@@ -114,6 +114,10 @@ class FedAvg:
         """Per-coordinate noise std on the mean of an expected cohort of ``cohort`` clients (0: no noise)."""
         del std_sum, cohort
         return 0.0
+
+    def local_training(self, training: LocalTraining) -> LocalTraining:
+        """How the sites train in this mode: unchanged here (a sample-level DP mode clips per example here)."""
+        return training
 
     def release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
         """What a site sends: without DP, its raw update and buffers."""
@@ -322,14 +326,20 @@ def strategy_class(mode: str) -> type[FedAvg]:
 
 
 def make_strategy(
-    mode: str, *, clip: float, noise_multiplier: float, rng: np.random.Generator | None = None,
-    scope: ClipScope = "model",
-) -> FedAvg:  # fmt: skip
-    """An instance of mode ``mode`` (plain FedAvg for ``none``)."""
+    mode: str, *, clip: float, noise_multiplier: float, rng: np.random.Generator | None = None, scope: str = "model"
+) -> FedAvg:
+    """An instance of mode ``mode`` (plain FedAvg for ``none``).
+
+    Raises:
+        ConfigError: An unknown mode or clipping scope.
+    """
     cls = strategy_class(mode)
     if not cls.private:
         return cls()
-    return cls(clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=scope)  # type: ignore[call-arg]
+    if scope not in get_args(ClipScope):
+        msg = f"--clip-scope must be one of {', '.join(get_args(ClipScope))}, got {scope!r}"
+        raise ConfigError(msg)
+    return cls(clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=cast("ClipScope", scope))  # type: ignore[call-arg]
 
 
 def _average_buffers(results: Sequence[ClientResult], weights: Sequence[float]) -> dict[str, np.ndarray]:

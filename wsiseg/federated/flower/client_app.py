@@ -69,6 +69,7 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply
     from wsiseg.federated.flower.site import ReleaseLog, SitePolicy, load_site, request_digest
     from wsiseg.federated.rounds import local_training
+    from wsiseg.federated.strategies import make_strategy
     from wsiseg.models import create_model
     from wsiseg.privacy.clipping import global_l2_norm
 
@@ -92,9 +93,10 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     glob = {k: torch.from_numpy(v.copy()).to(device) for k, v in arrays.items()}
     t0 = time.perf_counter()
 
-    res = local_update(model, glob, client, local_training(cfg, device), round_index=rnd, total_rounds=cfg.rounds,
-                       seed=seed, client_index=index)  # fmt: skip
-    strategy, released = _release(cfg, sigma, res, node)
+    strategy = make_strategy(cfg.dp, clip=cfg.clip, noise_multiplier=sigma, scope=cfg.clip_scope)
+    res = local_update(model, glob, client, strategy.local_training(local_training(cfg, device)), round_index=rnd,
+                       total_rounds=cfg.rounds, seed=seed, client_index=index)  # fmt: skip
+    released = _release(strategy, res, node)
     if strategy.private:
         releases.record(rnd, digest, released.update, strategy.reply_meta(released))
     pre = released.pre_clip_norm if released.pre_clip_norm is not None else global_l2_norm(res.update)
@@ -103,24 +105,22 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     return result_to_reply(released, strategy.reply_meta(released))
 
 
-def _release(cfg: Any, sigma: float, res: Any, node: dict[str, Any]) -> Any:
+def _release(strategy: Any, res: Any, node: dict[str, Any]) -> Any:
     """Apply the DP mode with the same code as the simulation (:meth:`FedAvg.release`).
 
     Modes that noise at the site draw from the site's own generator (:class:`NoiseState`), saved before the
     release leaves, so a crash can never make the site reuse noise for another round.
     """
     from wsiseg.federated.flower.site import NoiseState
-    from wsiseg.federated.strategies import make_strategy
 
-    strategy = make_strategy(cfg.dp, clip=cfg.clip, noise_multiplier=sigma, scope=cfg.clip_scope)
     if not strategy.noises_at_site:
-        return strategy, strategy.release(res)
+        return strategy.release(res)
     seed = str(node.get("noise-seed", "")).strip()
     noise = NoiseState(Path(str(node["state-dir"])), "site", int(seed) if seed else None)
     rng = noise.generator()
     out = strategy.release(res, rng)
     noise.save(rng)
-    return strategy, out
+    return out
 
 
 @app.query()
