@@ -81,3 +81,37 @@ def test_cli_lists_the_choices_and_refuses_others() -> None:
     assert "[none|central|local]" in server
     assert "--round-timeout" in server
     assert "1800" in server
+
+
+def test_shared_options_have_one_default_and_help_across_commands() -> None:
+    import typer.main
+
+    commands = {c.name: c for c in typer.main.get_command(app).commands.values()}  # type: ignore[attr-defined]
+    seen: dict[str, tuple[object, str | None, str]] = {}
+    for name in ("train", "fed-train", "fed-server", "fed-client", "predict", "evaluate"):
+        for param in commands[name].params:
+            key = param.name or ""
+            if key in (
+                "data",
+                "model",
+                "seed",
+                "batch_size",
+                "config",
+                "resume",
+                "runs",
+                "workers",
+                "certs",
+                "port",
+                "insecure",
+                "out",
+                "host",
+            ):
+                continue  # meanings differ by command on purpose (e.g. a site's single --data, predict's batch)
+            if (name, key) == ("fed-client", "noise_seed"):
+                continue  # a site seeds only its own noise
+            now = (param.default, getattr(param, "help", None), name)
+            if key in seen:
+                assert now[:2] == seen[key][:2], f"--{key}: {name} differs from {seen[key][2]}"
+            else:
+                seen[key] = now
+    assert {"dp", "sigma", "clip", "device", "rounds"} <= set(seen)

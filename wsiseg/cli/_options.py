@@ -35,6 +35,7 @@ __all__ = [
     "DeprecatedModelPath",
     "DeviceOpt",
     "DpOpt",
+    "DryRunOpt",
     "FractionOpt",
     "ImgSizeOpt",
     "LocalEpochsOpt",
@@ -152,6 +153,13 @@ NoiseSeedOpt = Annotated[
     typer.Option(
         help="Seed DP noise and client sampling too: reproductions only (no amplification claimed).",
         rich_help_panel=PRIVACY,
+    ),
+]
+
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Print the privacy plan and exit without training or starting anything.", rich_help_panel=PRIVACY
     ),
 ]
 

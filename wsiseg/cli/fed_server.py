@@ -64,9 +64,7 @@ def fed_server(
     insecure: Annotated[
         bool, typer.Option(help="No TLS, no node authentication: loopback testing only.", rich_help_panel=F)
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option(help="Print the privacy plan and exit without starting anything.", rich_help_panel=o.PRIVACY)
-    ] = False,
+    dry_run: o.DryRunOpt = False,
 ) -> None:
     """Coordinate a federation across institutions: same rounds, DP and accountant as fed-train."""
     from wsiseg.cli._console import console

@@ -53,9 +53,7 @@ def fed_train(
     runs: o.RunsOpt = Path("runs"),
     config: o.ConfigOpt = None,
     resume: o.ResumeOpt = None,
-    dry_run: Annotated[
-        bool, typer.Option(help="Print the privacy plan and exit without training.", rich_help_panel=o.PRIVACY)
-    ] = False,
+    dry_run: o.DryRunOpt = False,
 ) -> None:
     """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits."""
     from wsiseg.cli._console import console, given, merged_model_args
