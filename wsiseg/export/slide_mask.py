@@ -7,7 +7,7 @@ the pyramidal label writer and the optional per-class probability writers for th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from wsiseg.classes import ClassTable
 from wsiseg.export.sinks import StitchSink, open_prob_writers
 from wsiseg.export.tiff import MaskTiffWriter
 from wsiseg.inference.predictor import PredictPlan, PredictSettings
-from wsiseg.inference.slide import predict_slide, with_probs
+from wsiseg.inference.slide import predict_slide
 from wsiseg.tiling.geometry import TilingConfig
 
 __all__ = ["SlidePrediction", "predict_to_tiff"]
@@ -79,7 +79,7 @@ def predict_to_tiff(
         opened.append(_TiffOutputs(StitchSink(writer, prob_writers)))
         return opened[-1]
 
-    res = predict_slide(slide_path, model, tiling=tiling, settings=with_probs(settings, probs),
+    res = predict_slide(slide_path, model, tiling=tiling, settings=replace(settings, emit_probs=probs),
                         open_outputs=open_outputs, backend=backend, slide_mpp=slide_mpp, provenance=provenance,
                         progress=progress)  # fmt: skip
     geo = res.plan.geometry

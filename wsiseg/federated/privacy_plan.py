@@ -10,7 +10,14 @@ from wsiseg.privacy.accounting import meaningful_warning
 from wsiseg.privacy.calibrate import calibrate_noise_multiplier, privacy_plan
 from wsiseg.privacy.noise import noise_std_sum
 
-__all__ = ["accounted_sample_rate", "check_dp_settings", "plan_rows", "relation_text", "seed_warnings"]
+__all__ = [
+    "accounted_sample_rate",
+    "calibrated_sigma",
+    "check_dp_settings",
+    "plan_rows",
+    "relation_text",
+    "seed_warnings",
+]
 
 
 def _n_clients(cfg: FedConfig) -> int:
@@ -44,6 +51,20 @@ def accounted_sample_rate(cfg: FedConfig) -> float:
     return strategy_class(cfg.dp).accounted_rate(cfg.fraction, secret_sampling=cfg.noise_seed is None)
 
 
+def calibrated_sigma(cfg: FedConfig, sample_rate: float) -> float:
+    """The sigma a run uses: ``--sigma``, or the one ``--target-epsilon`` calls for at ``sample_rate``.
+
+    The accountant composes ``sigma / sensitivity`` (local mode: ``2C``), so the calibrated multiplier is
+    scaled back by the mode's sensitivity.
+    """
+    if not cfg.calibrates:
+        return cfg.noise_multiplier
+    return cfg.sensitivity * calibrate_noise_multiplier(
+        target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,  # type: ignore[arg-type]
+        sample_rate=sample_rate,
+    )  # fmt: skip
+
+
 def relation_text(cfg: FedConfig) -> str:
     """The neighbouring relation the epsilon holds for, in one line."""
     return strategy_class(cfg.dp).relation(_n_clients(cfg), cfg.fraction, secret_sampling=cfg.noise_seed is None)
@@ -72,22 +93,17 @@ def plan_rows(cfg: FedConfig, *, with_params: bool = True) -> dict[str, Any]:
     """
     k = _n_clients(cfg)
     q = accounted_sample_rate(cfg)
-    sigma = cfg.noise_multiplier
-    if cfg.calibrates:
-        sigma = cfg.sensitivity * calibrate_noise_multiplier(
-            target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,  # type: ignore[arg-type]
-            sample_rate=q,
-        )  # fmt: skip
+    sigma = calibrated_sigma(cfg, q)
     n_params = check_dp_settings(cfg) if with_params else None
     rows = privacy_plan(noise_multiplier=sigma, clip=cfg.clip, n_clients=k, sample_rate=q, rounds=cfg.rounds,
                         delta=cfg.delta, n_params=n_params, sensitivity=cfg.sensitivity)  # fmt: skip
     # noise on the mean over the public expected cohort q*K, by the mode's rule, whatever q is accounted
-    std_mean = strategy_class(cfg.dp).noise_std_mean(noise_std_sum(sigma, cfg.clip), cfg.fraction * k)
+    std_sum = noise_std_sum(sigma, cfg.clip)
+    std_mean = strategy_class(cfg.dp).noise_std_mean(std_sum, cfg.fraction * k)
     for r in rows:
         r["noise_std_mean"] = std_mean
         if n_params is not None:
             r["noise_norm_mean"] = std_mean * n_params**0.5
-    std_sum = noise_std_sum(sigma, cfg.clip)
     last = rows[-1]["epsilon_pld"]
     return {
         "sigma": sigma,

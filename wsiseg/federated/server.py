@@ -32,7 +32,6 @@ from wsiseg.train.checkpoint import load_checkpoint, save_checkpoint
 from wsiseg.train.runlog import CsvLog, plot_curves
 
 __all__ = [
-    "SHAREABLE_CARD_KEYS",
     "RunLogs",
     "ServerState",
     "aggregate_round",
@@ -51,13 +50,6 @@ def rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
     """Restore what ``rng_state`` returned."""
     rng.bit_generator.state = state
-
-
-#: Top-level keys of a shareable federated checkpoint card (``checkpoints/final.json``), as the README lists.
-SHAREABLE_CARD_KEYS = (
-    "format", "version", "versions", "model", "classes", "tiling", "fed_config", "privacy", "round", "roster",
-    "federation",
-)  # fmt: skip
 
 
 class ServerState:
@@ -154,7 +146,7 @@ class ServerState:
         }  # fmt: skip
 
     def card(self, rnd: int) -> ModelCard:
-        """The shareable checkpoint card (keys :data:`SHAREABLE_CARD_KEYS`)."""
+        """The shareable checkpoint card (the keys the README's privacy section lists)."""
         extra = {"fed_config": self.cfg.public_dict(), "privacy": self.privacy_summary(), "round": rnd,
                  "roster": self.roster}  # fmt: skip
         if self.federation is not None:
@@ -233,15 +225,10 @@ class ServerState:
 
 def calibrate_sigma(state: ServerState) -> None:
     """Set ``state.sigma`` from ``--target-epsilon`` when no ``--sigma`` was given."""
-    cfg = state.cfg
-    if not cfg.calibrates:
-        return
-    from wsiseg.privacy.calibrate import calibrate_noise_multiplier
+    from wsiseg.federated.privacy_plan import calibrated_sigma
 
-    state.sigma = state.mode.sensitivity * calibrate_noise_multiplier(
-        target_epsilon=cfg.target_epsilon, delta=cfg.delta, rounds=cfg.rounds,  # type: ignore[arg-type]
-        sample_rate=state.sample_rate,
-    )  # fmt: skip
+    if state.cfg.calibrates:
+        state.sigma = calibrated_sigma(state.cfg, state.sample_rate)
 
 
 def sample_clients(state: ServerState) -> list[int]:

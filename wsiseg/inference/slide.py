@@ -9,7 +9,7 @@ the destination unless the whole slide succeeded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,8 +82,3 @@ def predict_slide(
             outputs.abort()
             raise
     return SlideResult(plan, prov, stats["seconds"])
-
-
-def with_probs(settings: PredictSettings, probs: bool) -> PredictSettings:
-    """``settings`` with the stitcher asked for probabilities (or not)."""
-    return replace(settings, emit_probs=probs)

@@ -180,6 +180,7 @@ def run_training(
             msg = "--resume needs the run folder to continue"
             raise ConfigError(msg)
         start_epoch, best = _restore(run_dir, model, optimizer)
+        folder = RunFolder(run_dir)
     else:
         folder = RunFolder.create(runs_root, f"train-{cfg.model}")
         run_dir = folder.path
@@ -222,7 +223,7 @@ def run_training(
             return TrainResult(run_dir, best, report_dict, epoch + 1)
     final = run_dir / "checkpoints" / "final"
     save_checkpoint(final, model, {**card, "epoch": cfg.epochs, "metrics": report_dict})
-    RunFolder(run_dir).write_json("metrics.json", report_dict)
+    folder.write_json("metrics.json", report_dict)
     return TrainResult(run_dir, best, report_dict, cfg.epochs)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from wsiseg.data.dataset import load_sources
 from wsiseg.data.partition import split_slides
@@ -178,7 +178,7 @@ class ReleaseLog:
         if self.tensor_path.is_file():
             with safe_open(str(self.tensor_path), framework="np") as fh:
                 meta = json.loads((fh.metadata() or {}).get("wsiseg", "{}"))
-            tensors = load_file(str(self.tensor_path))
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         if meta.get("round") != round_index or meta.get("digest") != digest:
             msg = (f"site {site}: round {round_index} was answered before, but only the latest release is kept; "
                    "refusing to release it again")  # fmt: skip
