@@ -58,7 +58,7 @@ class RoundStats:
         noise_std_mean: Per-coordinate noise std on the mean.
         noise_norm: L2 norm of the noise on the mean.
         noise_to_signal: ``noise_norm`` over the norm of the clipped mean (or its bound).
-        mean_update_norm: L2 norm of the aggregated update.
+        mean_update_norm: L2 norm of the aggregated update (plain FedAvg; DP modes skip the extra pass).
     """
 
     n_clients: int
@@ -138,11 +138,15 @@ class FedAvg:
         return ClientResult(released.name, released.update, released.buffers, int(meta.get("n_examples", 1)),
                             int(meta.get("steps", 0)), float(meta.get("loss", math.nan)), 0.0)  # fmt: skip
 
+    def combine(self, updates: Sequence[Update], weights: Sequence[float] | None) -> Update:
+        """The weighted mean of updates (what a wrapping DP mode delegates; secure aggregation would replace it)."""
+        return fedavg(updates, weights)
+
     def aggregate(self, results: Sequence[ClientResult], *, expected_clients: float) -> RoundAggregate:
         """Example-weighted mean of the clients' updates and buffers."""
         del expected_clients
         weights = [float(r.n_examples) for r in results]
-        update = fedavg([r.update for r in results], weights)
+        update = self.combine([r.update for r in results], weights)
         stats = RoundStats(len(results), [global_l2_norm(r.update) for r in results],
                            mean_update_norm=global_l2_norm(update))  # fmt: skip
         return RoundAggregate(update, _average_buffers(results, weights), stats)
@@ -243,7 +247,7 @@ class CentralDp(DpWrapper):
             rng=self._rng(), scope=self.scope, denominator=expected_clients,
         )  # fmt: skip
         stats = RoundStats(st.n_clients, list(st.pre_clip_norms), st.fraction_clipped, st.noise_std_sum,
-                           st.noise_std_mean, st.noise_norm, st.noise_to_signal, global_l2_norm(mean))  # fmt: skip
+                           st.noise_std_mean, st.noise_norm, st.noise_to_signal)  # fmt: skip
         return RoundAggregate(mean, {}, stats)
 
     def empty_round(self, template: Update, *, expected_clients: float) -> RoundAggregate:
@@ -289,10 +293,9 @@ class LocalDp(DpWrapper):
                             pre_clip_norm=pre)  # fmt: skip
 
     def aggregate(self, results: Sequence[ClientResult], *, expected_clients: float) -> RoundAggregate:
-        """The inner strategy's mean of the noised releases, with equal weights."""
+        """The inner strategy's unweighted mean of the noised releases (one pass, no norms of noise)."""
         del expected_clients
-        equal = [ClientResult(r.name, r.update, {}, 1, 0, math.nan, 0.0) for r in results]
-        mean = self.inner.aggregate(equal, expected_clients=float(len(results))).update
+        mean = self.inner.combine([r.update for r in results], None)
         pre = [(r.pre_clip_norm if r.pre_clip_norm is not None else math.nan) for r in results]
         std_sum = noise_std_sum(self.noise_multiplier, self.clip)
         std_mean = std_sum / np.sqrt(len(results))
@@ -300,7 +303,7 @@ class LocalDp(DpWrapper):
         signal = float(np.mean([min(p, self.clip) for p in pre])) if pre else 0.0
         stats = RoundStats(
             len(results), pre, float(np.mean([p > self.clip for p in pre])) if pre else 0.0, std_sum, float(std_mean),
-            noise_norm, noise_norm / signal if signal > 0 else math.inf, global_l2_norm(mean),
+            noise_norm, noise_norm / signal if signal > 0 else math.inf,
         )  # fmt: skip
         return RoundAggregate(mean, {}, stats)
 
