@@ -21,7 +21,17 @@ __all__ = ["STREAMS", "stream_seed"]
 
 #: The streams wsiseg uses, by name (a typo in a name is an error, not a silently new stream).
 STREAMS = frozenset(
-    {"init", "partition", "client-split", "augment", "data-order", "torch-round", "client-noise", "train-split"}
+    {
+        "init",
+        "partition",
+        "client-split",
+        "augment",
+        "data-order",
+        "torch-round",
+        "client-noise",
+        "train-split",
+        "dp-tiles",
+    }
 )
 
 

@@ -69,16 +69,16 @@ def test_mode_rules() -> None:
 
 def test_cli_lists_the_choices_and_refuses_others() -> None:
     runner = CliRunner()
-    res = runner.invoke(app, ["fed-train", "--dp", "bogus"])
+    res = runner.invoke(app, ["fed-train", "--dp", "bogus"], env={"COLUMNS": "200"})
     assert res.exit_code == 2
-    assert "'none', 'central', 'local'" in res.output
+    assert "'none', 'central', 'local', 'sample'" in res.output
     text = runner.invoke(app, ["fed-train", "--help"], env={"COLUMNS": "200"}).output
     for panel in ("Data", "Model", "Optimiser", "Privacy", "Federation", "Run"):
         assert f"─ {panel} ─" in text, panel
-    for choice in ("[none|central|local]", "[iid|dirichlet|by-site]", "[auto|cpu|cuda]"):
+    for choice in ("[none|central|local|sample]", "[iid|dirichlet|by-site]", "[auto|cpu|cuda]", "[tile|slide|patient]"):
         assert choice in text, choice
     server = runner.invoke(app, ["fed-server", "--help"], env={"COLUMNS": "200"}).output
-    assert "[none|central|local]" in server
+    assert "[none|central|local|sample]" in server
     assert "--round-timeout" in server
     assert "1800" in server
 

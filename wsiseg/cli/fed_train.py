@@ -43,6 +43,11 @@ def fed_train(
     clip_scope: o.ClipScopeOpt = "model",
     delta: o.DeltaOpt = 1e-5,
     target_epsilon: o.TargetEpsilonOpt = None,
+    privacy_unit: o.PrivacyUnitOpt = "tile",
+    sample_rate: o.SampleRateOpt = None,
+    physical_batch: o.PhysicalBatchOpt = 8,
+    tiles_per_unit: o.TilesPerUnitOpt = 8,
+    patients: o.PatientsOpt = None,
     seed: o.SeedOpt = None,
     noise_seed: o.NoiseSeedOpt = None,
     eval_every: Annotated[
@@ -55,7 +60,11 @@ def fed_train(
     resume: o.ResumeOpt = None,
     dry_run: o.DryRunOpt = False,
 ) -> None:
-    """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits."""
+    """Federated DP training (FedAvg, clip to C, Gaussian noise N(0, sigma^2 C^2)) over sites or slide splits.
+
+    --dp sample runs DP-SGD at every site instead (per-unit clipping and noise at every local step), the mode
+    whose epsilon means something for a handful of hospitals.
+    """
     from wsiseg.cli._console import console, given, merged_model_args
     from wsiseg.cli._privacy import print_plan
     from wsiseg.config import load_toml
@@ -73,18 +82,29 @@ def fed_train(
             "local_epochs": local_epochs, "local_steps": local_steps, "fraction": fraction, "model": model,
             "pretrained": pretrained, "batch_size": batch_size, "lr": lr, "dp": dp, "sigma": sigma, "clip": clip,
             "clip_scope": clip_scope, "delta": delta, "target_epsilon": target_epsilon, "seed": seed,
+            "privacy_unit": privacy_unit, "sample_rate": sample_rate, "physical_batch": physical_batch,
+            "tiles_per_unit": tiles_per_unit, "patients": str(patients) if patients else None,
             "noise_seed": noise_seed,
             "eval_every": eval_every, "workers": workers, "device": device,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
         cfg = FedConfig.from_dict({**base, **explicit, "model_args": merged_model_args(base, norm, img_size)})
     if dry_run:
-        print_plan(cfg)
+        print_plan(cfg, sites=_site_plans(cfg))
         return
-    print_plan(cfg, brief=True)
+    print_plan(cfg, brief=True, sites=_site_plans(cfg))
     result = run_federated(cfg, runs_root=runs, resume_dir=resume, on_round=_printer(cfg))
     _finish(result, cfg)
     console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False)
+
+
+def _site_plans(cfg: Any) -> list[tuple[str, int, float, int]] | None:
+    """Sample mode: each client's units, q and steps a round, from the data (None in other modes)."""
+    if cfg.dp != "sample":
+        return None
+    from wsiseg.federated.rounds import config_clients, local_training, site_plans
+
+    return site_plans(cfg, config_clients(cfg), local_training(cfg, "cpu"))
 
 
 def _printer(cfg: Any) -> Any:
@@ -118,7 +138,13 @@ def _finish(result: Any, cfg: Any) -> None:
                       "no differential privacy", highlight=False)  # fmt: skip
         return
     console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out Dice {dice_txt}  "
-                  f"epsilon {result.epsilon:.4g} at delta {cfg.delta:g} (client level)", highlight=False)  # fmt: skip
+                  f"epsilon {result.epsilon:.4g} at delta {cfg.delta:g} ({_level(cfg)})", highlight=False)  # fmt: skip
     warning = meaningful_warning(result.epsilon)
     if warning:
         console.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
+
+
+def _level(cfg: Any) -> str:
+    if cfg.dp == "sample":
+        return f"per {cfg.privacy_unit}, worst site"
+    return "client level"

@@ -20,9 +20,11 @@ from torch.utils.data import DataLoader
 from wsiseg.data.dataset import TileDataset, TileSource, load_sources
 from wsiseg.data.partition import partition_clients, split_slides
 from wsiseg.data.transforms import PairTransform
+from wsiseg.data.units import unit_groups
 from wsiseg.errors import ConfigError, DataError
+from wsiseg.privacy.dpsgd import DpSgdConfig, dp_sgd_steps
 from wsiseg.seeds import stream_seed
-from wsiseg.train.loop import OptimConfig, make_loss, make_optimizer, poly_lr, train_steps
+from wsiseg.train.loop import OptimConfig, StepStats, autocast_factory, make_loss, make_optimizer, poly_lr, train_steps
 
 __all__ = [
     "Client",
@@ -32,6 +34,7 @@ __all__ = [
     "build_clients",
     "check_dp_model",
     "client_split_seed",
+    "dp_sgd_plan",
     "global_test",
     "local_update",
     "trainable_state",
@@ -68,6 +71,7 @@ class LocalTraining:
     workers: int = 0
     device: str = "cpu"
     amp: bool = True
+    dp_sgd: DpSgdConfig | None = None
 
 
 @dataclass
@@ -82,6 +86,7 @@ class ClientResult:
     loss: float
     seconds: float
     pre_clip_norm: float | None = None
+    privacy: dict[str, Any] | None = None
 
 
 def trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
@@ -164,11 +169,13 @@ def local_update(
     total_rounds: int,
     seed: int,
     client_index: int,
+    noise_rng: np.random.Generator | None = None,
 ) -> ClientResult:
     """Load the global weights, train locally, and return the update.
 
     Everything random here (dropout, data order, augmentation) is seeded from
-    ``(seed, round_index, client_index)``, so a round replays identically after a resume.
+    ``(seed, round_index, client_index)``, so a round replays identically after a resume. Under DP-SGD
+    (``cfg.dp_sgd``) the unit sampling and the noise come from the site's ``noise_rng`` instead.
     """
     model.load_state_dict(global_weights)
     before = trainable_state(model)
@@ -184,17 +191,56 @@ def local_update(
     if steps_per_round < 1:
         msg = f"client {client.name} has no training batches"
         raise DataError(msg)
+    privacy: dict[str, Any] | None = None
+    if cfg.dp_sgd is not None:
+        if noise_rng is None:
+            msg = f"client {client.name}: DP-SGD draws its sampling and noise from the site's generator; none given"
+            raise ConfigError(msg)
+        n_units, rate, steps_per_round = dp_sgd_plan(client, cfg)
+        privacy = {"unit": cfg.dp_sgd.unit, "q": rate, "steps": steps_per_round, "units": n_units}
     optimizer = make_optimizer(model, cfg.optim)
     loss_fn = make_loss(model, n_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
     lr_at = functools.partial(poly_lr, cfg.optim.lr, total_steps=total_rounds * steps_per_round,
                               power=cfg.optim.poly_power)  # fmt: skip
-    stats = train_steps(model, _cycle(loader), optimizer, loss_fn, lr_at=lr_at,
-                        first_step=(round_index - 1) * steps_per_round, max_steps=steps_per_round,
-                        device=cfg.device, amp=cfg.amp)  # fmt: skip
+    first = (round_index - 1) * steps_per_round
+    stats: StepStats
+    if cfg.dp_sgd is not None and noise_rng is not None and privacy is not None:
+        groups = unit_groups(client.train, cfg.dp_sgd.unit, patients=cfg.dp_sgd.patients,
+                             table_name=cfg.dp_sgd.patients_name)  # fmt: skip
+
+        def load(indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            items = [ds[int(i)] for i in indices]
+            images = torch.stack([it["image"] for it in items]).to(cfg.device)  # type: ignore[misc]
+            return images, torch.stack([it["mask"] for it in items]).to(cfg.device)  # type: ignore[misc]
+
+        data_rng = np.random.default_rng(stream_seed(seed, "dp-tiles", round_index, client_index))
+        stats = dp_sgd_steps(model, load, groups, cfg.dp_sgd, optimizer, loss_fn, rate=float(privacy["q"]),
+                             steps=steps_per_round, lr_at=lr_at, first_step=first, noise_rng=noise_rng,
+                             data_rng=data_rng, device=cfg.device,
+                             autocast=autocast_factory(cfg.device, cfg.amp))  # fmt: skip
+    else:
+        stats = train_steps(model, _cycle(loader), optimizer, loss_fn, lr_at=lr_at, first_step=first,
+                            max_steps=steps_per_round, device=cfg.device, amp=cfg.amp)  # fmt: skip
     after = trainable_state(model)
     update = {k: after[k] - before[k] for k in before}
     return ClientResult(client.name, update, buffer_state(model), stats.images, stats.steps, stats.loss,
-                        stats.seconds)  # fmt: skip
+                        stats.seconds, privacy=privacy)  # fmt: skip
+
+
+def dp_sgd_plan(client: Client, cfg: LocalTraining) -> tuple[int, float, int]:
+    """A site's DP-SGD units, Poisson rate ``q`` and steps a round (all fixed before any training).
+
+    Raises:
+        PrivacyError: A rate out of range, or slides missing from the patient table.
+        ConfigError: No DP-SGD settings.
+    """
+    if cfg.dp_sgd is None:
+        msg = "dp_sgd_plan needs --dp sample settings"
+        raise ConfigError(msg)
+    dp = cfg.dp_sgd
+    n_units = len(unit_groups(client.train, dp.unit, patients=dp.patients, table_name=dp.patients_name))
+    rate = dp.rate(n_units, cfg.batch_size, site=f"site {client.name}")
+    return n_units, rate, dp.steps_per_round(rate, local_steps=cfg.steps, local_epochs=cfg.epochs)
 
 
 def _cycle(loader: DataLoader[Any]) -> Any:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from wsiseg.config import checked_kwargs
-from wsiseg.errors import ConfigError
+from wsiseg.data.units import PRIVACY_UNITS, load_patient_table
+from wsiseg.errors import ConfigError, PrivacyError
 from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, PARTITIONS
 from wsiseg.federated.strategies import strategy_class
+from wsiseg.privacy.dpsgd import DpSgdConfig
 from wsiseg.seeds import stream_seed
 
 __all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "PRIVATE_CONFIG_KEYS", "FedConfig"]
@@ -19,7 +22,7 @@ __all__ = ["DEFAULT_SIGMA", "DEFAULT_TRAIN_SEED", "PRIVATE_CONFIG_KEYS", "FedCon
 DEFAULT_TRAIN_SEED = 301
 
 #: Settings kept out of every shareable file: seeds (``noise_seed`` regenerates the noise) and local paths.
-PRIVATE_CONFIG_KEYS = ("seed", "noise_seed", "data", "client_dirs", "pretrained")
+PRIVATE_CONFIG_KEYS = ("seed", "noise_seed", "data", "client_dirs", "pretrained", "patients")
 
 #: Noise multiplier when neither ``--sigma`` nor ``--target-epsilon`` is given.
 DEFAULT_SIGMA = 1.0
@@ -54,20 +57,24 @@ class FedConfig:
     clip_scope: str = "model"
     delta: float = 1e-5
     target_epsilon: float | None = None
+    privacy_unit: str = "tile"
+    sample_rate: float | None = None
+    physical_batch: int = 8
+    tiles_per_unit: int = 8
+    patients: str | None = None
     seed: int | None = None
     noise_seed: int | None = None
     eval_every: int = 1
     workers: int = 0
     device: str = "auto"
     amp: bool = True
+    allow_no_noise: bool = False
 
     def __post_init__(self) -> None:
         checks = [
             (self.dp in DP_MODES, f"--dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}"),
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
             (0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}"),
-            (self.clip > 0, f"--clip must be > 0, got {self.clip}"),
-            (self.sigma is None or self.sigma >= 0, f"--sigma must be >= 0, got {self.sigma}"),
             (0 < self.delta < 1, f"--delta must be in (0, 1), got {self.delta}"),
             (self.clip_scope in ("model", "layer"), f"--clip-scope must be model or layer, got {self.clip_scope!r}"),
             (self.local_epochs >= 1, f"--local-epochs must be >= 1, got {self.local_epochs}"),
@@ -79,10 +86,32 @@ class FedConfig:
             (self.target_epsilon is None or self.target_epsilon > 0, "--target-epsilon must be > 0"),
             (self.private or self.target_epsilon is None, "--target-epsilon needs a DP mode (--dp)"),
             (self.noise_seed is None or self.noise_seed >= 0, "--noise-seed must be a non-negative integer"),
+            (self.privacy_unit in PRIVACY_UNITS, f"--privacy-unit must be one of {', '.join(PRIVACY_UNITS)}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self._check_noise()
+        if self.dp == "sample":
+            self.dp_sgd(self.noise_multiplier, load_table=False)  # range checks of q and chunking (exit 8)
+
+    def _check_noise(self) -> None:
+        """Clip and noise settings are privacy settings: a bad value is a ``PrivacyError`` (exit 8), all alike.
+
+        A DP mode with ``--sigma 0`` adds no noise (epsilon is infinite): refused unless the run config sets
+        ``allow_no_noise = true``, and then reported as not private.
+        """
+        if not 0 < self.clip < math.inf:
+            msg = f"--clip must be a positive finite norm (e.g. 0.5), got {self.clip}"
+            raise PrivacyError(msg)
+        if self.sigma is not None and not 0 <= self.sigma < math.inf:
+            msg = f"--sigma must be a finite number >= 0, got {self.sigma}"
+            raise PrivacyError(msg)
+        if self.private and self.sigma == 0 and not self.allow_no_noise:
+            msg = (f"--dp {self.dp} with --sigma 0 adds no noise: epsilon is infinite and nothing is private; "
+                   "use --sigma > 0 (or --target-epsilon), or set allow_no_noise = true in the --config TOML "
+                   "to run it anyway as a non-private run")  # fmt: skip
+            raise PrivacyError(msg)
 
     @property
     def noise_multiplier(self) -> float:
@@ -108,6 +137,18 @@ class FedConfig:
     def sensitivity(self) -> float:
         """L2 sensitivity of one round's release in units of ``C``, under the relation the mode states."""
         return strategy_class(self.dp).sensitivity
+
+    def dp_sgd(self, sigma: float, *, load_table: bool = True) -> DpSgdConfig:
+        """The DP-SGD settings of ``--dp sample`` at noise multiplier ``sigma`` (reads ``--patients``).
+
+        Raises:
+            PrivacyError: A sample rate out of (0, 1], bad chunking or an unreadable patient table.
+        """
+        table = load_patient_table(self.patients) if (load_table and self.patients) else None
+        return DpSgdConfig(clip=self.clip, noise_multiplier=sigma, unit=self.privacy_unit,
+                           sample_rate=self.sample_rate, physical_batch=self.physical_batch,
+                           tiles_per_unit=self.tiles_per_unit, patients=table,
+                           patients_name=self.patients or "--patients")  # fmt: skip
 
     def client_noise_seed(self, index: int) -> int | None:
         """Noise seed of simulated client ``index`` (None: OS entropy), derived from ``--noise-seed``."""

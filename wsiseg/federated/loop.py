@@ -127,7 +127,7 @@ def run_rounds(
         agg = aggregate_round(strategy, results, state)
         state.apply(agg)
         t_dp = time.perf_counter() - t0 - t_train  # the clients' DP releases included
-        eps = state.record(rnd, len(results))
+        eps = state.record(rnd, results)
         report = evaluate(rnd) if evaluate is not None else None
         dice = None
         if report is not None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["DEFAULT_DP_MODE", "DP_MODES", "PARTITIONS", "DpMode"]
+__all__ = ["DEFAULT_DP_MODE", "DP_MODES", "PARTITIONS", "PRIVACY_UNITS", "DpMode"]
 
-#: ``--dp``: no DP, central noise at the server (FedDP eq. 11), local noise at each site (FedDP Fig. 1).
-DpMode = Literal["none", "central", "local"]
+#: ``--dp``: no DP, central noise at the server (FedDP eq. 11), local noise at each site (FedDP Fig. 1),
+#: DP-SGD at each site over tiles, slides or patients (sample-level DP).
+DpMode = Literal["none", "central", "local", "sample"]
 DP_MODES: tuple[str, ...] = get_args(DpMode)
 #: The default ``--dp``.
 DEFAULT_DP_MODE: DpMode = "central"
 #: ``--partition``: how one pooled dataset is split into clients.
 PARTITIONS: tuple[str, ...] = ("iid", "dirichlet", "by-site")
+#: ``--privacy-unit`` of ``--dp sample`` (defined with its reader in ``wsiseg.data.units``; a test checks they agree).
+PRIVACY_UNITS: tuple[str, ...] = ("tile", "slide", "patient")

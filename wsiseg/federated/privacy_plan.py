@@ -6,16 +6,18 @@ from typing import Any
 
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import strategy_class
-from wsiseg.privacy.accounting import meaningful_warning
+from wsiseg.privacy.accounting import epsilon_for_history, meaningful_warning
 from wsiseg.privacy.calibrate import calibrate_noise_multiplier, privacy_plan
 from wsiseg.privacy.noise import noise_std_sum
 
 __all__ = [
     "accounted_sample_rate",
+    "calibrated_sample_sigma",
     "calibrated_sigma",
     "check_dp_settings",
     "plan_rows",
     "relation_text",
+    "sample_plan",
     "seed_warnings",
 ]
 
@@ -115,3 +117,38 @@ def plan_rows(cfg: FedConfig, *, with_params: bool = True) -> dict[str, Any]:
         "relation": relation_text(cfg),
         "seed_warnings": seed_warnings(cfg),
     }
+
+
+def calibrated_sample_sigma(cfg: FedConfig, sites: list[tuple[str, int, float, int]]) -> float:
+    """Sample mode: the sigma that keeps every site within ``--target-epsilon`` over all planned steps.
+
+    Args:
+        cfg: Settings (``target_epsilon``, ``delta``, ``rounds``).
+        sites: ``(name, units, q, steps a round)`` of each site.
+    """
+    if not cfg.calibrates:
+        return cfg.noise_multiplier
+    return max(
+        calibrate_noise_multiplier(target_epsilon=cfg.target_epsilon, delta=cfg.delta,  # type: ignore[arg-type]
+                                   rounds=cfg.rounds * steps, sample_rate=q)
+        for _, _, q, steps in sites
+    )  # fmt: skip
+
+
+def sample_plan(cfg: FedConfig, sites: list[tuple[str, int, float, int]]) -> dict[str, Any]:
+    """Sample mode: per site, units, q, steps, sigma and epsilon after round 1, every tenth and the last.
+
+    Assumes every site takes part in every round (an upper bound with client sampling).
+    """
+    sigma = calibrated_sample_sigma(cfg, sites)
+    marks = sorted({1, *range(10, cfg.rounds + 1, 10), cfg.rounds})
+    rows = []
+    for name, units, q, steps in sites:
+        for r in marks:
+            hist = [(sigma, q, r * steps)]
+            rows.append({"site": name, "units": units, "q": q, "steps_per_round": steps, "round": r,
+                         "epsilon_pld": epsilon_for_history(hist, delta=cfg.delta),
+                         "epsilon_rdp": epsilon_for_history(hist, delta=cfg.delta, method="rdp")})  # fmt: skip
+    worst = max((r["epsilon_pld"] for r in rows), default=0.0)
+    return {"sigma": sigma, "rows": rows, "warning": meaningful_warning(worst), "relation": relation_text(cfg),
+            "seed_warnings": seed_warnings(cfg), "unit": cfg.privacy_unit}  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,25 @@ from torch.utils.data import DataLoader
 
 from wsiseg.config import resolve_device
 from wsiseg.data.dataset import TileDataset
-from wsiseg.federated.clients import Client, ClientResult, LocalTraining, build_clients, global_test, local_update
+from wsiseg.federated.clients import (
+    Client,
+    ClientResult,
+    LocalTraining,
+    build_clients,
+    dp_sgd_plan,
+    global_test,
+    local_update,
+)
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.loop import RoundRecord, run_rounds
 from wsiseg.federated.server import ServerState, calibrate_sigma, rng_state, set_rng_state
 from wsiseg.federated.strategies import FedAvg
+from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 from wsiseg.train.loop import OptimConfig, evaluate
 from wsiseg.train.runlog import CsvLog, RunFolder
 
-__all__ = ["FedResult", "SimulatedClients", "local_training", "run_federated"]
+__all__ = ["FedResult", "SimulatedClients", "config_clients", "local_training", "run_federated", "site_plans"]
 
 
 @dataclass
@@ -61,6 +70,8 @@ class SimulatedClients:
         self.cfg, self.clients = cfg, clients
         self.local = local_training(cfg, state.device)
         self.rngs = [make_generator(cfg.client_noise_seed(i))[0] for i in range(len(clients))]
+        #: Sample mode: each simulated site's own account of its DP-SGD steps (what a real site keeps).
+        self.ledgers = [PrivacyLedger(delta=cfg.delta) for _ in clients] if state.per_site else []
         self.site_log = CsvLog(state.run_dir / "site_log.csv", keep_until=("round", float(state.start_round - 1)))
         self.release_seconds = 0.0
         self._site_rows: list[dict[str, Any]] = []
@@ -69,6 +80,8 @@ class SimulatedClients:
         """Continue the clients' noise generators from a resume state."""
         for rng, st in zip(self.rngs, resume["client_rngs"], strict=True):
             set_rng_state(rng, st)
+        for led, st in zip(self.ledgers, resume.get("client_ledgers") or [], strict=True):
+            led.load_state_dict(st)
 
     def train(
         self, state: ServerState, strategy: FedAvg, rnd: int, picked: list[int]
@@ -77,19 +90,41 @@ class SimulatedClients:
         out, self.release_seconds, self._site_rows = [], 0.0, []
         local = strategy.local_training(self.local)
         for i in picked:
+            if self.ledgers and self._over_budget(state, i, local, rnd):
+                continue
             res = local_update(state.model, state.global_weights, self.clients[i], local, round_index=rnd,
-                               total_rounds=self.cfg.rounds, seed=self.cfg.train_seed, client_index=i)  # fmt: skip
+                               total_rounds=self.cfg.rounds, seed=self.cfg.train_seed, client_index=i,
+                               noise_rng=self.rngs[i])  # fmt: skip
+            if self.ledgers and res.privacy is not None:
+                entry = self.ledgers[i].record_round(round=rnd, noise_multiplier=state.sigma,
+                                                     sample_rate=res.privacy["q"], clip=self.cfg.clip,
+                                                     n_clients_released=1, steps=res.privacy["steps"])  # fmt: skip
+                res.privacy.update(epsilon=entry.epsilon_pld, epsilon_rdp=entry.epsilon_rdp)
             t0 = time.perf_counter()
             released = strategy.release(res, self.rngs[i])
             self.release_seconds += time.perf_counter() - t0
             self._site_rows.append({"round": rnd, "client": res.name, "examples": res.n_examples, "steps": res.steps,
-                                    "loss": res.loss, "pre_clip_norm": released.pre_clip_norm or ""})  # fmt: skip
+                                    "loss": res.loss, "pre_clip_norm": released.pre_clip_norm or "",
+                                    "refused": ""})  # fmt: skip
             out.append((i, strategy.received(released)))
         return out
 
+    def _over_budget(self, state: ServerState, i: int, local: LocalTraining, rnd: int) -> bool:
+        """Sample mode: a site refuses a round that would take its epsilon past ``--target-epsilon``."""
+        if self.cfg.target_epsilon is None:
+            return False
+        _, rate, steps = dp_sgd_plan(self.clients[i], local)
+        eps = self.ledgers[i].projected_epsilon(noise_multiplier=state.sigma, sample_rate=rate, steps=steps)
+        if eps <= self.cfg.target_epsilon * (1 + 1e-9):
+            return False
+        self._site_rows.append({"round": rnd, "client": self.clients[i].name, "examples": 0, "steps": 0, "loss": "",
+                                "pre_clip_norm": "", "refused": f"epsilon would reach {eps:.3f}"})  # fmt: skip
+        return True
+
     def private_state(self) -> dict[str, Any]:
-        """The clients' noise generator states (a real site keeps its own)."""
-        return {"client_rngs": [rng_state(r) for r in self.rngs]}
+        """The clients' noise generator states and, in sample mode, their own ledgers (a real site keeps its own)."""
+        return {"client_rngs": [rng_state(r) for r in self.rngs],
+                "client_ledgers": [led.state_dict() for led in self.ledgers]}  # fmt: skip
 
     def after_round(self, record: RoundRecord) -> None:
         """Write what each simulated site would have kept in its own log."""
@@ -109,6 +144,23 @@ class SimulatedClients:
                 for c in self.clients
             ]
         }
+
+
+def config_clients(cfg: FedConfig) -> list[Client]:
+    """The clients of a config: its data split by slide, or its per-site folders."""
+    return build_clients(data=cfg.data, client_dirs=cfg.client_dirs, n_clients=cfg.clients,
+                         partition=cfg.partition, alpha=cfg.alpha, test_fraction=cfg.test_fraction,
+                         seed=cfg.train_seed)  # fmt: skip
+
+
+def site_plans(cfg: FedConfig, clients: list[Client], local: LocalTraining) -> list[tuple[str, int, float, int]]:
+    """Sample mode: ``(site, units, q, steps a round)`` of every simulated site.
+
+    Raises:
+        PrivacyError: A rate out of range or slides missing from the patient table.
+    """
+    sgd = replace(local, dp_sgd=cfg.dp_sgd(cfg.noise_multiplier))
+    return [(c.name, *dp_sgd_plan(c, sgd)) for c in clients]
 
 
 def run_federated(
@@ -135,9 +187,7 @@ def run_federated(
     folder = (RunFolder.existing(resume_dir, private=True) if resume_dir is not None
               else RunFolder.create(runs_root, f"fed-{cfg.model}-{cfg.dp}", private=True))  # fmt: skip
     run_dir = folder.path
-    clients = build_clients(data=cfg.data, client_dirs=cfg.client_dirs, n_clients=cfg.clients,
-                            partition=cfg.partition, alpha=cfg.alpha, test_fraction=cfg.test_fraction,
-                            seed=cfg.train_seed)  # fmt: skip
+    clients = config_clients(cfg)
     state = ServerState(cfg, run_dir, device, clients[0].train.classes, clients[0].train.config.to_dict(),
                         [c.name for c in clients])  # fmt: skip
     resume = state.restore() if resume_dir is not None else None
@@ -145,7 +195,7 @@ def run_federated(
     if resume is not None:
         transport.restore(resume)
     else:
-        calibrate_sigma(state)
+        calibrate_sigma(state, sites=site_plans(cfg, clients, transport.local) if state.per_site else None)
         folder.write_config({**cfg.to_dict(), "resolved_sigma": state.sigma})
         folder.write_json("split.json", transport.split())
     test = global_test(clients)

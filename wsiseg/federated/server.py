@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from wsiseg.classes import ClassTable
+from wsiseg.errors import PrivacyError
 from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult, check_dp_model, trainable_state
 from wsiseg.federated.config import FedConfig
@@ -92,7 +93,9 @@ class ServerState:
         seeded = cfg.noise_seed is not None
         self.sampler = ClientSampler.seeded(cfg.noise_seed) if seeded else ClientSampler.secret()  # type: ignore[arg-type]
         self.noise_rng, self.noise_seed_info = make_generator(cfg.noise_seed)
-        self.ledger = PrivacyLedger(delta=cfg.delta) if self.mode.private else None
+        self.ledger = PrivacyLedger(delta=cfg.delta) if self.mode.private and not self.per_site else None
+        #: Sample mode: each site's public account as the server mirrors it from the replies (q, steps).
+        self.site_ledgers: dict[str, PrivacyLedger] = {}
         self.sigma = cfg.noise_multiplier
         self.start_round = 1
 
@@ -111,6 +114,11 @@ class ServerState:
         return self.mode.private
 
     @property
+    def per_site(self) -> bool:
+        """Whether each site accounts its own epsilon (sample-level DP-SGD)."""
+        return self.mode.per_site_accounting
+
+    @property
     def expected_clients(self) -> float:
         """Expected cohort size ``q * K`` (the central-DP denominator, fixed and public)."""
         return max(1e-9, self.cfg.fraction * self.n_clients)
@@ -123,10 +131,13 @@ class ServerState:
             noise_multiplier=self.sigma,
             rng=self.noise_rng,
             scope=self.cfg.clip_scope,
+            sgd=self.cfg.dp_sgd(self.sigma) if self.per_site else None,
         )
 
     def privacy_summary(self) -> dict[str, Any]:
         """The shareable privacy facts: epsilon, the relation it holds for, the public ledger; no seeds or counts."""
+        if self.per_site:
+            return self._site_summary()
         if self.ledger is None:
             return {"dp": self.cfg.dp, "epsilon": None, "note": "no differential privacy"}
         eps = self.ledger.epsilon() if self.ledger.entries else 0.0
@@ -143,6 +154,36 @@ class ServerState:
             "noise_source": "explicit --noise-seed (kept private)" if self.cfg.noise_seed is not None
                             else "os-entropy",
             "ledger": self.ledger.public_state_dict(),
+        }  # fmt: skip
+
+    def site_epsilon(self, method: str = "pld") -> float:
+        """Sample mode: the largest cumulative epsilon of any site (0 before any release)."""
+        key = "epsilon_pld" if method == "pld" else "epsilon_rdp"
+        return max([getattr(led.entries[-1], key) for led in self.site_ledgers.values() if led.entries] or [0.0])
+
+    def _site_summary(self) -> dict[str, Any]:
+        unit = self.cfg.privacy_unit
+        sites = {name: {"epsilon": led.entries[-1].epsilon_pld, "epsilon_rdp": led.entries[-1].epsilon_rdp,
+                        "q": led.entries[-1].sample_rate, "rounds": len(led.entries),
+                        "steps": sum(e.steps for e in led.entries)}
+                 for name, led in sorted(self.site_ledgers.items()) if led.entries}  # fmt: skip
+        caveat = {"tile": "one tile: a slide or patient with k tiles is protected only by group privacy (about k "
+                          "times epsilon)",
+                  "slide": "one slide: a patient with k slides is protected only by group privacy (about k times "
+                           "epsilon)",
+                  "patient": "one patient (every slide in the site's patient table)"}[unit]  # fmt: skip
+        return {
+            "dp": self.cfg.dp, "unit": unit, "unit_protected": caveat, "noise_multiplier": self.sigma,
+            "clip": self.cfg.clip, "delta": self.cfg.delta, "sample_rate": self.cfg.sample_rate,
+            "client_fraction": self.cfg.fraction,
+            "neighbouring": self.mode.relation(self.n_clients, self.cfg.fraction,
+                                               secret_sampling=self.noise_seed_info.get("source") == "os-entropy"),
+            "epsilon": self.site_epsilon(), "epsilon_rdp": self.site_epsilon("rdp"), "sites": sites,
+            "accountant": "dp_accounting PLD (headline), RDP (cross-check); per site, every DP-SGD step of every "
+                          "round it took part in (Poisson-subsampled Gaussian); epsilon is the worst site's",
+            "noise_source": "explicit --noise-seed (kept private)" if self.cfg.noise_seed is not None
+                            else "os-entropy",
+            "ledger": {name: led.public_state_dict() for name, led in sorted(self.site_ledgers.items())},
         }  # fmt: skip
 
     def card(self, rnd: int) -> ModelCard:
@@ -162,7 +203,8 @@ class ServerState:
         return {
             "sampler": self.sampler.state_dict(), "noise_rng": rng_state(self.noise_rng), "sigma": self.sigma,
             "noise_seed": self.noise_seed_info, "train_seed": self.cfg.train_seed,
-            "ledger": self.ledger.state_dict() if self.ledger is not None else None, **(extra or {}),
+            "ledger": self.ledger.state_dict() if self.ledger is not None else None,
+            "site_ledgers": {n: led.state_dict() for n, led in self.site_ledgers.items()}, **(extra or {}),
         }  # fmt: skip
 
     def save_last(self, rnd: int, extra: dict[str, Any] | None = None) -> None:
@@ -189,6 +231,9 @@ class ServerState:
         self.sigma = float(res["sigma"])
         if self.ledger is not None:
             self.ledger.load_state_dict(res["ledger"])
+        for name, st in (res.get("site_ledgers") or {}).items():
+            self.site_ledgers[name] = PrivacyLedger(delta=self.cfg.delta)
+            self.site_ledgers[name].load_state_dict(st)
         self.start_round = int(ckpt.card["round"]) + 1
         return dict(res)
 
@@ -203,17 +248,41 @@ class ServerState:
         self.model.load_state_dict(state)
         self.global_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def record(self, rnd: int, n_released: int) -> float | None:
-        """Record the round in the ledger; return the cumulative epsilon (None without DP)."""
+    def record(self, rnd: int, results: list[ClientResult]) -> float | None:
+        """Record the round in the ledger; return the cumulative epsilon (None without DP).
+
+        In sample mode each answering site's steps go into that site's mirrored account (from the ``q`` and
+        steps it reported) and the worst site's epsilon is returned.
+
+        Raises:
+            PrivacyError: A sample-mode reply without its account.
+        """
+        if self.per_site:
+            for r in results:
+                p = r.privacy or {}
+                if "q" not in p or "steps" not in p:
+                    msg = f"site {r.name} sent a sample-mode update without its privacy account (q, steps)"
+                    raise PrivacyError(msg)
+                led = self.site_ledgers.setdefault(r.name, PrivacyLedger(delta=self.cfg.delta))
+                led.record_round(round=rnd, noise_multiplier=self.sigma, sample_rate=float(p["q"]),
+                                 clip=self.cfg.clip, n_clients_released=1, steps=int(p["steps"]))  # fmt: skip
+            return self.site_epsilon()
         if self.ledger is None:
             return None
         entry = self.ledger.record_round(round=rnd, noise_multiplier=self.sigma, sample_rate=self.sample_rate,
-                                         clip=self.cfg.clip, n_clients_released=n_released,
+                                         clip=self.cfg.clip, n_clients_released=len(results),
                                          sensitivity=self.mode.sensitivity)  # fmt: skip
         return entry.epsilon_pld
 
     def budget_stop(self, rnd: int) -> str:
         """A message if releasing round ``rnd`` would exceed ``--target-epsilon``, else ``""``."""
+        if self.per_site and self.cfg.target_epsilon is not None and self.site_ledgers:
+            over = [n for n, led in self.site_ledgers.items() if led.entries and led.projected_epsilon(
+                noise_multiplier=self.sigma, sample_rate=led.entries[-1].sample_rate,
+                steps=led.entries[-1].steps) > self.cfg.target_epsilon * (1 + 1e-9)]  # fmt: skip
+            if len(over) == len(self.site_ledgers):
+                return f"stopped before round {rnd}: every site's epsilon would exceed {self.cfg.target_epsilon}"
+            return ""
         if self.ledger is None or self.cfg.target_epsilon is None:
             return ""
         projected = self.ledger.projected_epsilon(noise_multiplier=self.sigma, sample_rate=self.sample_rate,
@@ -223,12 +292,17 @@ class ServerState:
         return ""
 
 
-def calibrate_sigma(state: ServerState) -> None:
-    """Set ``state.sigma`` from ``--target-epsilon`` when no ``--sigma`` was given."""
-    from wsiseg.federated.privacy_plan import calibrated_sigma
+def calibrate_sigma(state: ServerState, *, sites: list[tuple[str, int, float, int]] | None = None) -> None:
+    """Set ``state.sigma`` from ``--target-epsilon`` when no ``--sigma`` was given.
 
-    if state.cfg.calibrates:
-        state.sigma = calibrated_sigma(state.cfg, state.sample_rate)
+    Sample mode calibrates for the site that spends the most (``sites``: name, units, q, steps a round).
+    """
+    from wsiseg.federated.privacy_plan import calibrated_sample_sigma, calibrated_sigma
+
+    if not state.cfg.calibrates:
+        return
+    state.sigma = (calibrated_sample_sigma(state.cfg, sites) if state.per_site and sites is not None
+                   else calibrated_sigma(state.cfg, state.sample_rate))  # fmt: skip
 
 
 def sample_clients(state: ServerState) -> list[int]:
@@ -282,6 +356,14 @@ class RunLogs:
                 "round": record.round, "client": r.name, "examples": r.n_examples, "steps": r.steps, "loss": r.loss,
                 "update_norm": norm if known else "", "clipped": (norm > run.cfg.clip) if run.private and known else "",
             })  # fmt: skip
+        for name, led in sorted(run.site_ledgers.items()) if run.per_site else ():
+            if led.entries and led.entries[-1].round == record.round:
+                e = led.entries[-1]
+                self.privacy.append({
+                    "round": record.round, "site": name, "sigma": e.noise_multiplier, "clip": e.clip,
+                    "sample_rate": e.sample_rate, "steps": e.steps, "unit": run.cfg.privacy_unit,
+                    "epsilon_pld": e.epsilon_pld, "epsilon_rdp": e.epsilon_rdp, "delta": run.cfg.delta,
+                })  # fmt: skip
         if run.ledger is not None and run.ledger.entries:
             e = run.ledger.entries[-1]
             self.privacy.append({

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, cast, get_args
 
 import numpy as np
@@ -25,6 +25,7 @@ from wsiseg.federated.aggregate import dp_client_update_local, dp_fedavg_central
 from wsiseg.federated.clients import ClientResult, LocalTraining
 from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, DpMode
 from wsiseg.privacy.clipping import ClipScope, global_l2_norm
+from wsiseg.privacy.dpsgd import DpSgdConfig
 from wsiseg.privacy.noise import noise_std_sum
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "LocalDp",
     "RoundAggregate",
     "RoundStats",
+    "SampleDp",
     "make_strategy",
     "strategy_class",
 ]
@@ -96,6 +98,8 @@ class FedAvg:
     sensitivity: ClassVar[float] = 1.0
     #: Whether a site draws noise for its release (it then needs its own generator).
     noises_at_site: ClassVar[bool] = False
+    #: Whether each site accounts its own epsilon (DP-SGD) instead of one client-level ledger at the server.
+    per_site_accounting: ClassVar[bool] = False
 
     @classmethod
     def accounted_rate(cls, fraction: float, *, secret_sampling: bool) -> float:
@@ -308,8 +312,90 @@ class LocalDp(DpWrapper):
         return RoundAggregate(mean, {}, stats)
 
 
+class SampleDp(DpWrapper):
+    """Sample-level DP: DP-SGD at every site over its units (tiles, slides or patients).
+
+    Each site clips every unit's gradient to ``C`` and noises every local step with its own generator
+    (:mod:`wsiseg.privacy.dpsgd`), so its update is already private against everyone outside the site; the
+    server takes the unweighted mean. Each site accounts its own steps (add/remove one unit of that site); the
+    reply carries only the public facts of that account (``q``, steps, epsilon), never counts or losses.
+
+    Args:
+        inner: The wrapped aggregation strategy.
+        clip: Per-unit clip norm ``C``.
+        noise_multiplier: ``sigma`` of every DP-SGD step.
+        rng: Unused at the server (each site has its own generator).
+        scope: Only ``model`` (per-unit clipping is over the whole model).
+        sgd: The DP-SGD settings (unit, sample rate, chunking).
+    """
+
+    mode = "sample"
+    protection = 3
+    noises_at_site = True
+    per_site_accounting = True
+
+    def __init__(
+        self,
+        inner: FedAvg | None = None,
+        *,
+        clip: float,
+        noise_multiplier: float,
+        rng: np.random.Generator | None = None,
+        scope: ClipScope = "model",
+        sgd: DpSgdConfig | None = None,
+    ) -> None:
+        super().__init__(inner, clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=scope)
+        self.sgd = sgd if sgd is not None else DpSgdConfig(clip=clip, noise_multiplier=noise_multiplier)
+
+    @classmethod
+    def relation(cls, n_clients: int, fraction: float, *, secret_sampling: bool) -> str:
+        """Add/remove one unit of one site, against everyone outside that site."""
+        del n_clients, fraction
+        sampling = "secret Poisson sampling of units" if secret_sampling else "units sampled from --noise-seed"
+        return (f"add/remove one unit (see 'unit') at one site, against the server, the other sites and anyone "
+                f"with the model: DP-SGD at each site, {sampling}, each site accounted over its own steps")  # fmt: skip
+
+    @classmethod
+    def noise_std_mean(cls, std_sum: float, cohort: float) -> float:
+        """Not one draw per round: the noise is added at every local step (see the per-site plan)."""
+        del std_sum, cohort
+        return math.nan
+
+    def local_training(self, training: LocalTraining) -> LocalTraining:
+        """Every site trains with DP-SGD."""
+        return replace(training, dp_sgd=self.sgd)
+
+    def release(self, result: ClientResult, rng: np.random.Generator | None = None) -> ClientResult:
+        """The DP-SGD update as trained (post-processing), no buffers."""
+        del rng
+        return ClientResult(result.name, result.update, {}, result.n_examples, result.steps, result.loss,
+                            result.seconds, privacy=result.privacy)  # fmt: skip
+
+    def reply_meta(self, result: ClientResult) -> dict[str, float | int]:
+        """The site's public account: ``q``, steps of the round, its cumulative epsilon."""
+        p = result.privacy or {}
+        return {k: p[k] for k in ("q", "steps", "epsilon", "epsilon_rdp") if k in p}
+
+    def received(self, released: ClientResult) -> ClientResult:
+        """The tensors and the site's public account (no counts, no loss)."""
+        meta = self.reply_meta(released)
+        return ClientResult(released.name, released.update, {}, 1, int(meta.get("steps", 0)), math.nan, 0.0,
+                            privacy=dict(meta))  # fmt: skip
+
+    def aggregate(self, results: Sequence[ClientResult], *, expected_clients: float) -> RoundAggregate:
+        """The inner strategy's unweighted mean of the sites' private updates."""
+        del expected_clients
+        mean = self.inner.combine([r.update for r in results], None)
+        return RoundAggregate(mean, {}, RoundStats(len(results), [math.nan] * len(results)))
+
+    def empty_round(self, template: Update, *, expected_clients: float) -> RoundAggregate:
+        """No site answered: nothing moves (and no site spent budget)."""
+        del template, expected_clients
+        return RoundAggregate({}, {}, RoundStats(0))
+
+
 #: The registry of modes by ``--dp`` name.
-STRATEGIES: dict[str, type[FedAvg]] = {cls.mode: cls for cls in (FedAvg, CentralDp, LocalDp)}
+STRATEGIES: dict[str, type[FedAvg]] = {cls.mode: cls for cls in (FedAvg, CentralDp, LocalDp, SampleDp)}
 if set(STRATEGIES) != set(DP_MODES) or DEFAULT_DP_MODE not in STRATEGIES:  # pragma: no cover
     msg = f"DP modes {DP_MODES} and registered strategies {tuple(STRATEGIES)} differ"
     raise ImportError(msg)
@@ -329,9 +415,15 @@ def strategy_class(mode: str) -> type[FedAvg]:
 
 
 def make_strategy(
-    mode: str, *, clip: float, noise_multiplier: float, rng: np.random.Generator | None = None, scope: str = "model"
+    mode: str,
+    *,
+    clip: float,
+    noise_multiplier: float,
+    rng: np.random.Generator | None = None,
+    scope: str = "model",
+    sgd: DpSgdConfig | None = None,
 ) -> FedAvg:
-    """An instance of mode ``mode`` (plain FedAvg for ``none``).
+    """An instance of mode ``mode`` (plain FedAvg for ``none``); ``sgd`` configures ``sample``.
 
     Raises:
         ConfigError: An unknown mode or clipping scope.
@@ -342,7 +434,8 @@ def make_strategy(
     if scope not in get_args(ClipScope):
         msg = f"--clip-scope must be one of {', '.join(get_args(ClipScope))}, got {scope!r}"
         raise ConfigError(msg)
-    return cls(clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=cast("ClipScope", scope))  # type: ignore[call-arg]
+    kwargs: dict[str, Any] = {"sgd": sgd} if cls is SampleDp else {}
+    return cls(clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=cast("ClipScope", scope), **kwargs)  # type: ignore[call-arg]
 
 
 def _average_buffers(results: Sequence[ClientResult], weights: Sequence[float]) -> dict[str, np.ndarray]:

@@ -33,9 +33,10 @@ LEDGER_ROW_FIELDS: tuple[str, ...] = (
     "n_clients",
     "epsilon_pld",
     "epsilon_rdp",
+    "steps",
 )
-_STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)  # version 1 had no sensitivity (always 1)
+_STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)  # version 1 had no sensitivity (always 1), 2 no steps (always 1)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class LedgerEntry:
         epsilon_pld: Cumulative PLD ε up to and including this round, at the ledger's δ.
         epsilon_rdp: Cumulative RDP ε likewise.
         sensitivity: L2 sensitivity in units of ``C`` (1: zero-out sum, 2: replace-one local release).
+        steps: Mechanisms composed in this entry: 1 for a client-level round, the local DP-SGD steps of a
+            round at a site (sample mode).
     """
 
     round: int
@@ -61,6 +64,7 @@ class LedgerEntry:
     epsilon_pld: float
     epsilon_rdp: float
     sensitivity: float = 1.0
+    steps: int = 1
 
     @property
     def accounted_multiplier(self) -> float:
@@ -108,7 +112,7 @@ class PrivacyLedger:
         return list(self._entries)
 
     def _segments(self, extra: Sequence[Segment] = ()) -> list[Segment]:
-        return [(e.accounted_multiplier, e.sample_rate, 1) for e in self._entries] + list(extra)
+        return [(e.accounted_multiplier, e.sample_rate, e.steps) for e in self._entries] + list(extra)
 
     def record_round(
         self,
@@ -119,6 +123,7 @@ class PrivacyLedger:
         clip: float,
         n_clients_released: int,
         sensitivity: float = 1.0,
+        steps: int = 1,
     ) -> LedgerEntry:
         """Record one released round and return its entry with the cumulative ε.
 
@@ -129,6 +134,7 @@ class PrivacyLedger:
             clip: Clip norm ``C``.
             n_clients_released: Number of client updates in the release (0 for a noise-only central round).
             sensitivity: L2 sensitivity in units of ``C`` (see the module docstring).
+            steps: Mechanisms of this round (DP-SGD steps at a site; 1 for a client-level round).
 
         Returns:
             The new :class:`LedgerEntry`.
@@ -136,7 +142,7 @@ class PrivacyLedger:
         Raises:
             PrivacyError: On invalid values or a round number that does not increase.
         """
-        validate_rounds(noise_multiplier, sample_rate, 1)
+        validate_rounds(noise_multiplier, sample_rate, steps)
         _check_sensitivity(sensitivity)
         if self._entries and round <= self._entries[-1].round:
             msg = f"round {round} recorded after round {self._entries[-1].round}; round numbers must increase"
@@ -144,7 +150,7 @@ class PrivacyLedger:
         if not (math.isfinite(clip) and clip > 0) or int(n_clients_released) < 0:
             msg = f"clip must be > 0 and n_clients_released >= 0, got {clip!r} and {n_clients_released!r}"
             raise PrivacyError(msg)
-        history = self._segments([(noise_multiplier / sensitivity, sample_rate, 1)])
+        history = self._segments([(noise_multiplier / sensitivity, sample_rate, int(steps))])
         kw: dict[str, Any] = {"delta": self.delta}
         entry = LedgerEntry(
             round=int(round),
@@ -157,6 +163,7 @@ class PrivacyLedger:
             ),
             epsilon_rdp=epsilon_for_history(history, method="rdp", **kw),
             sensitivity=float(sensitivity),
+            steps=int(steps),
         )
         self._entries.append(entry)
         return entry
@@ -179,7 +186,13 @@ class PrivacyLedger:
         )
 
     def projected_epsilon(
-        self, *, noise_multiplier: float, sample_rate: float, extra_rounds: int = 1, sensitivity: float = 1.0
+        self,
+        *,
+        noise_multiplier: float,
+        sample_rate: float,
+        extra_rounds: int = 1,
+        sensitivity: float = 1.0,
+        steps: int = 1,
     ) -> float:
         """PLD ε at the ledger's δ if ``extra_rounds`` more rounds were released (for a budget stop).
 
@@ -188,12 +201,13 @@ class PrivacyLedger:
             sample_rate: ``q`` of the planned rounds.
             extra_rounds: How many more rounds.
             sensitivity: Their L2 sensitivity in units of ``C``.
+            steps: Mechanisms per planned round (DP-SGD steps).
 
         Returns:
             The projected cumulative ε.
         """
         return epsilon_for_history(
-            self._segments([(noise_multiplier / sensitivity, sample_rate, extra_rounds)]),
+            self._segments([(noise_multiplier / sensitivity, sample_rate, extra_rounds * steps)]),
             delta=self.delta,
             value_discretization_interval=self.value_discretization_interval,
         )
@@ -209,6 +223,7 @@ class PrivacyLedger:
                 "n_clients": e.n_clients_released,
                 "epsilon_pld": e.epsilon_pld,
                 "epsilon_rdp": e.epsilon_rdp,
+                "steps": e.steps,
             }
             for e in self._entries
         ]
@@ -258,6 +273,7 @@ class PrivacyLedger:
                     epsilon_pld=_from_json_float(d["epsilon_pld"]),
                     epsilon_rdp=_from_json_float(d["epsilon_rdp"]),
                     sensitivity=float(d.get("sensitivity", 1.0)),
+                    steps=int(d.get("steps", 1)),
                 )
                 for d in state["entries"]
             ]
@@ -266,7 +282,7 @@ class PrivacyLedger:
             raise PrivacyError(msg) from err
         validate_delta(delta)
         for e in entries:
-            validate_rounds(e.noise_multiplier, e.sample_rate, 1)
+            validate_rounds(e.noise_multiplier, e.sample_rate, e.steps)
             _check_sensitivity(e.sensitivity)
         if any(b.round <= a.round for a, b in itertools.pairwise(entries)):
             msg = "privacy ledger state has round numbers that do not increase; the file is corrupt"

@@ -91,13 +91,13 @@ def _dice_unchecked(
     num_classes = logits.shape[1]
     probs = torch.softmax(logits, dim=1)
     labels = target.long()
+    # one-hot by comparison, not F.one_hot: no data-dependent size check, so it traces under vmap
+    ids = torch.arange(num_classes, device=labels.device).view(1, num_classes, *([1] * (labels.ndim - 1)))
+    onehot = (labels.unsqueeze(1) == ids).to(probs.dtype)
     if ignore_index is not None:
         valid = (labels != ignore_index).unsqueeze(1).to(probs.dtype)
         probs = probs * valid
-        labels = labels.masked_fill(labels == ignore_index, 0)
-        onehot = F.one_hot(labels, num_classes).movedim(-1, 1).to(probs.dtype) * valid
-    else:
-        onehot = F.one_hot(labels, num_classes).movedim(-1, 1).to(probs.dtype)
+        onehot = onehot * valid
     dims = [0, *range(2, probs.ndim)]
     intersect = (probs * onehot).sum(dim=dims)
     z_sum = (probs * probs).sum(dim=dims)
@@ -163,6 +163,22 @@ class SegLoss(nn.Module):
 
     def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Return the total loss of ``outputs`` (a tensor or a list of ``(N, C, H, W)`` tensors)."""
+        total, logged = self._terms(outputs, target, check=True)
+        values = torch.stack([v.float() for v in logged.values()]).tolist()  # one device sync for all components
+        self.last_components = dict(zip(logged, values, strict=True))
+        return total
+
+    def value(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        """The total loss without target checks or logging: traceable under ``torch.func.vmap``.
+
+        Per-example gradients (DP-SGD) call this on one example at a time; check the targets of the batch
+        with :func:`check_target` first.
+        """
+        return self._terms(outputs, target, check=False)[0]
+
+    def _terms(
+        self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, *, check: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if isinstance(outputs, torch.Tensor):
             weights, tensors = {0: 1.0}, [outputs]
         else:
@@ -172,7 +188,8 @@ class SegLoss(nn.Module):
             if missing:
                 msg = f"output_weights use indices {missing} but the model returned {len(tensors)} outputs"
                 raise ValueError(msg)
-        check_target(tensors[next(iter(weights))], target, ignore_index=self.ignore_index)  # once per call
+        if check:
+            check_target(tensors[next(iter(weights))], target, ignore_index=self.ignore_index)  # once per call
         total = ce_sum = dice_sum = torch.zeros((), device=tensors[0].device)
         per_output: dict[str, torch.Tensor] = {}
         for index, weight in weights.items():
@@ -184,6 +201,4 @@ class SegLoss(nn.Module):
         logged = {"loss": total.detach(), "ce": ce_sum, "dice": dice_sum}
         if not isinstance(outputs, torch.Tensor):
             logged.update(per_output)
-        values = torch.stack([v.float() for v in logged.values()]).tolist()  # one device sync for all components
-        self.last_components = dict(zip(logged, values, strict=True))
-        return total
+        return total, logged
