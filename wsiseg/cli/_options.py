@@ -16,7 +16,7 @@ from typing import Annotated
 import click
 import typer
 
-from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, PARTITIONS
+from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, PARTITIONS, PRIVACY_UNITS
 
 __all__ = [
     "DATA",
@@ -37,23 +37,32 @@ __all__ = [
     "DpOpt",
     "DryRunOpt",
     "FractionOpt",
+    "HeldoutOpt",
     "ImgSizeOpt",
     "LocalEpochsOpt",
     "LocalStepsOpt",
+    "LogEveryOpt",
     "LrOpt",
     "ModelOpt",
     "NoiseSeedOpt",
     "NormOpt",
     "PartitionOpt",
+    "PatientsOpt",
+    "PhysicalBatchOpt",
     "PretrainedOpt",
+    "PrivacyUnitOpt",
     "ResumeOpt",
     "RoundsOpt",
     "RunsOpt",
+    "SampleRateOpt",
     "SeedOpt",
     "SigmaOpt",
     "TargetEpsilonOpt",
+    "TilesPerUnitOpt",
+    "TimeBudgetOpt",
     "WorkersOpt",
     "checkpoint_path",
+    "resolve_heldout",
 ]
 
 DATA, MODEL, OPTIMISER, PRIVACY, FEDERATION, RUN = "Data", "Model", "Optimiser", "Privacy", "Federation", "Run"
@@ -102,6 +111,30 @@ ResumeOpt = Annotated[
     Path | None, typer.Option(help="Run folder to continue after an interruption.", rich_help_panel=RUN)
 ]
 
+HeldoutOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help=(
+            "Held-out slides, fixed: a slide id, a text file with one id a line, or a folder of slides "
+            "(repeatable). Replaces the random split; write the same list for train and fed-train."
+        ),
+        rich_help_panel=DATA,
+    ),
+]
+TimeBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Wall-clock budget in seconds: stop cleanly with a final checkpoint; the LR decays to fit it.",
+        rich_help_panel=RUN,
+    ),
+]
+LogEveryOpt = Annotated[
+    int,
+    typer.Option(
+        help="Print a progress line every N optimizer steps (0: only per epoch or round).", rich_help_panel=RUN
+    ),
+]
+
 RoundsOpt = Annotated[int, typer.Option(help="Server rounds (paper: 150).", rich_help_panel=FEDERATION)]
 LocalEpochsOpt = Annotated[int, typer.Option(help="Local epochs per round.", rich_help_panel=FEDERATION)]
 LocalStepsOpt = Annotated[
@@ -122,7 +155,9 @@ DpOpt = Annotated[
         help=(
             f"DP mode (default {DEFAULT_DP_MODE}). central: the server clips and adds noise (epsilon for zero-out "
             "with the public roster); local: each site clips and noises before upload (replace-one, against "
-            "the server); none: plain FedAvg."
+            "the server); sample: DP-SGD at every site, protecting one tile, slide or patient (--privacy-unit) "
+            "against everyone outside its site (the only mode with a meaningful epsilon for a few sites); "
+            "none: plain FedAvg."
         ),
         rich_help_panel=PRIVACY,
     ),
@@ -147,6 +182,39 @@ DeltaOpt = Annotated[float, typer.Option(help="Delta of the (epsilon, delta) gua
 TargetEpsilonOpt = Annotated[
     float | None,
     typer.Option(help="Calibrate sigma to this epsilon and stop before exceeding it.", rich_help_panel=PRIVACY),
+]
+PrivacyUnitOpt = Annotated[
+    str,
+    typer.Option(
+        click_type=_choice(PRIVACY_UNITS),
+        help=(
+            "--dp sample: what one guarantee protects. tile; slide (all tiles of a slide clipped together); "
+            "patient (all slides of a patient, from --patients). Smaller units protect a patient only by group "
+            "privacy."
+        ),
+        rich_help_panel=PRIVACY,
+    ),
+]
+SampleRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="--dp sample: Poisson rate q of units per step (default --batch-size / units at each site).",
+        rich_help_panel=PRIVACY,
+    ),
+]
+PhysicalBatchOpt = Annotated[
+    int,
+    typer.Option(help="--dp sample: examples per per-example-gradient chunk (bounds memory).", rich_help_panel=PRIVACY),
+]
+TilesPerUnitOpt = Annotated[
+    int,
+    typer.Option(help="--dp sample: most tiles of one sampled slide or patient per step.", rich_help_panel=PRIVACY),
+]
+PatientsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="--privacy-unit patient: CSV with columns slide,patient covering every slide.", rich_help_panel=PRIVACY
+    ),
 ]
 NoiseSeedOpt = Annotated[
     int | None,
@@ -185,3 +253,32 @@ def checkpoint_path(checkpoint: Path | None, model: Path | None) -> Path | None:
 
     console.print("[yellow]note:[/] --model PATH is deprecated here; use --checkpoint PATH", highlight=False)
     return checkpoint or model
+
+
+def resolve_heldout(values: list[str] | None) -> tuple[str, ...]:
+    """Slide ids from ``--heldout`` values: ids as they are, text files read line by line, folders scanned.
+
+    Raises:
+        DataError: An empty file or a folder without slides (the message names it).
+    """
+    if not values:
+        return ()
+    from wsiseg.errors import DataError
+    from wsiseg.tiling.batch import expand_sources
+    from wsiseg.tiling.writer import slide_id_for
+
+    ids: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.is_dir():
+            found = [slide_id_for(p) for p in expand_sources([path])]
+        elif path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            found = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            found = [value]
+        if not found:
+            msg = f"{value}: --heldout names no slide (an empty list or a folder without slides)"
+            raise DataError(msg)
+        ids.extend(found)
+    return tuple(dict.fromkeys(ids))
