@@ -10,7 +10,26 @@ from PIL import Image
 
 from wsiseg.classes import DEFAULT_CLASSES
 from wsiseg.errors import DataError
-from wsiseg.export.overlay import render_overlay, write_overlay_png, write_overlay_pyramid_tiff
+from wsiseg.export.overlay import overlay_palette, render_overlay, write_overlay_png, write_overlay_pyramid_tiff
+
+# Typical H&E colours: haematoxylin-rich tumour, eosin-pink stroma (sampled from WSSS4LUAD patches).
+HAEMATOXYLIN = (96, 58, 140)
+EOSIN = (226, 150, 196)
+
+
+@pytest.mark.parametrize("tissue", [HAEMATOXYLIN, EOSIN])
+def test_overlay_colours_stand_out_on_h_and_e(tissue: tuple[int, int, int]) -> None:
+    # at the default alpha every class must move the tissue colour visibly and stay apart from the others;
+    # the WSSS4LUAD tumour colour (0, 64, 128) moved haematoxylin by only about 39 RGB units
+    thumb = np.full((40, 40, 3), tissue, dtype=np.uint8)
+    blended = []
+    for cid in (1, 2, 3):
+        out = render_overlay(thumb, np.full((40, 40), cid, dtype=np.uint8), DEFAULT_CLASSES, legend=False)
+        blended.append(out[20, 20].astype(float))
+        assert np.linalg.norm(blended[-1] - np.array(tissue, dtype=float)) > 60, DEFAULT_CLASSES.names[cid]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.linalg.norm(blended[i] - blended[j]) > 40
 
 
 def _thumb(h: int = 120, w: int = 160) -> np.ndarray:
@@ -52,7 +71,7 @@ def test_legend_shows_every_class_colour() -> None:
     assert changed[0].max() < 60  # the box sits in the top-left corner
     assert changed[1].max() < 100
     for c in DEFAULT_CLASSES.classes[1:]:
-        hits = (out == np.array(c.color, dtype=np.uint8)).all(-1)
+        hits = (out == overlay_palette(DEFAULT_CLASSES)[c.id]).all(-1)
         assert hits.sum() >= 20, c.name
     assert (out == 255).all(-1).sum() > 100  # white legend background
 

@@ -95,3 +95,15 @@ def test_batch_exit_rule() -> None:
         with pytest.raises(typer.Exit) as info:
             batch_exit(codes, total)
         assert info.value.exit_code == expected
+
+
+def test_info_hint_names_the_real_flag(tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from wsiseg.cli import app
+
+    Image.new("RGB", (64, 48), (200, 120, 180)).save(tmp_path / "patch.png")
+    res = CliRunner().invoke(app, ["info", str(tmp_path / "patch.png")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "--slide-mpp" in res.output

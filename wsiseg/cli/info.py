@@ -13,7 +13,7 @@ __all__ = ["info"]
 
 def _fmt_mpp(mpp: list[float] | None) -> str:
     if mpp is None:
-        return "[yellow]unknown[/] (pass --mpp to commands that need it)"
+        return "[yellow]unknown[/] (pass --slide-mpp UM_PER_PX to tile and predict)"
     return f"{mpp[0]:.4f} x {mpp[1]:.4f} µm/px"
 
 

@@ -17,7 +17,7 @@ from wsiseg.errors import DataError
 from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.manifest import TileRecord, load_manifest
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TileDataset", "TileSource", "load_sources", "to_tensor"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TileDataset", "TileSource", "load_sources", "load_tile", "to_tensor"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,11 +133,7 @@ class TileDataset(Dataset[dict[str, object]]):
 
     def __getitem__(self, index: int) -> dict[str, object]:
         root, rec = self.source.records[index]
-        image = _open(root / rec.image, "RGB")
-        mask = _open(root / rec.mask, "L") if rec.mask else None
-        if mask is not None and mask.size != image.size:
-            msg = f"{root / rec.mask}: mask is {mask.size} but its image is {image.size}; re-tile the slide"
-            raise DataError(msg)
+        image, mask = load_tile(root, rec)
         if self.transform is not None:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask = self.transform(image, mask, rng)
@@ -157,6 +153,20 @@ class TileDataset(Dataset[dict[str, object]]):
                 raise DataError(msg)
             item["mask"] = torch.from_numpy(arr.astype(np.int64))
         return item
+
+
+def load_tile(root: Path, rec: TileRecord) -> tuple[Image.Image, Image.Image | None]:
+    """Read one tile's RGB image and its class-id mask (None when the tile has no mask).
+
+    Raises:
+        DataError: A missing or corrupt file, or a mask whose size differs from its image.
+    """
+    image = _open(root / rec.image, "RGB")
+    mask = _open(root / rec.mask, "L") if rec.mask else None
+    if mask is not None and mask.size != image.size:
+        msg = f"{root / rec.mask}: mask is {mask.size} but its image is {image.size}; re-tile the slide"
+        raise DataError(msg)
+    return image, mask
 
 
 def _open(path: Path, mode: str) -> Image.Image:

@@ -8,7 +8,7 @@ import numpy as np
 
 from wsiseg.errors import ConfigError
 
-__all__ = ["kfold_slides", "partition_clients", "split_slides"]
+__all__ = ["explicit_split", "kfold_slides", "partition_clients", "split_slides"]
 
 
 def split_slides(slides: Sequence[str], *, test_fraction: float = 0.3, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -31,6 +31,27 @@ def split_slides(slides: Sequence[str], *, test_fraction: float = 0.3, seed: int
     test = sorted(ids[i] for i in order[:n_test])
     train = sorted(ids[i] for i in order[n_test:])
     return train, test
+
+
+def explicit_split(slides: Sequence[str], heldout: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split slides into train and the given held-out slides (``--heldout``).
+
+    Raises:
+        ConfigError: A held-out id that is not among ``slides`` (the message names it and some known ids),
+            or no slide left for training.
+    """
+    ids = sorted(set(slides))
+    wanted = sorted(set(heldout))
+    unknown = [h for h in wanted if h not in set(ids)]
+    if unknown:
+        known = ", ".join(ids[:6]) + (", ..." if len(ids) > 6 else "")
+        msg = f"held-out slides {', '.join(unknown[:6])} are not in the dataset (its slides: {known}); fix --heldout"
+        raise ConfigError(msg)
+    train = [s for s in ids if s not in set(wanted)]
+    if not train:
+        msg = f"--heldout lists all {len(ids)} slides; leave some for training"
+        raise ConfigError(msg)
+    return train, wanted
 
 
 def kfold_slides(slides: Sequence[str], *, folds: int = 5, seed: int = 0) -> list[tuple[list[str], list[str]]]:

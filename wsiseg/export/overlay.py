@@ -5,6 +5,11 @@ is not in ``skip_ids``, ``out = round((1 - alpha) * rgb + alpha * colour)``; oth
 legend (white box, one colour swatch and class name per non-background class, Pillow's default font) is
 drawn in the top-left corner.
 
+Blended overlays draw each class in :func:`overlay_palette`: its class-table colour, except colours that
+vanish on H&E. The WSSS4LUAD tumour colour (0, 64, 128) blended at alpha 0.4 into haematoxylin-rich tumour is within
+about 40 RGB units of the tissue under it, so blended overlays draw tumour in bright cyan (0, 229, 255) instead.
+Masks, GeoJSON, class tables and the colourised-mask pyramid (nothing under it) keep the class-table colours.
+
 ``write_overlay_pyramid_tiff`` writes the colourised mask (background in its class colour) as a tiled
 256 px JPEG pyramid: level 0 at the mask's resolution, then halvings (nearest) until the longest side is
 below ``min_level_size``; reduced levels are top-level IFDs with ``SubFileType = 1`` and every level carries
@@ -28,7 +33,22 @@ from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
 from wsiseg.fileio import atomic_output
 
-__all__ = ["render_overlay", "write_overlay_png", "write_overlay_pyramid_tiff"]
+__all__ = [
+    "OVERLAY_REPLACEMENTS",
+    "overlay_palette",
+    "render_overlay",
+    "write_overlay_png",
+    "write_overlay_pyramid_tiff",
+]
+
+#: Class-table colours that are unreadable on H&E, and the colour overlays draw instead.
+OVERLAY_REPLACEMENTS: dict[tuple[int, int, int], tuple[int, int, int]] = {(0, 64, 128): (0, 229, 255)}
+
+
+def overlay_palette(classes: ClassTable) -> np.ndarray:
+    """The ``(n, 3)`` uint8 colours overlays draw, in id order (see :data:`OVERLAY_REPLACEMENTS`)."""
+    return np.array([OVERLAY_REPLACEMENTS.get(c.color, c.color) for c in classes.classes], dtype=np.uint8)
+
 
 _PAD = 4
 _MARGIN = 4
@@ -53,6 +73,7 @@ def _draw_legend(image: Image.Image, classes: ClassTable, skip: set[int]) -> Non
     entries = [c for c in classes.classes if c.id not in skip]
     if not entries:
         return
+    colours = overlay_palette(classes)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     boxes = [draw.textbbox((0, 0), c.name, font=font) for c in entries]
@@ -64,7 +85,8 @@ def _draw_legend(image: Image.Image, classes: ClassTable, skip: set[int]) -> Non
     draw.rectangle([x0, y0, x0 + width, y0 + height], fill=(255, 255, 255), outline=(0, 0, 0))
     for i, c in enumerate(entries):
         top = y0 + _PAD + i * line
-        draw.rectangle([x0 + _PAD, top + 1, x0 + _PAD + line - 2, top + line - 1], fill=c.color, outline=(0, 0, 0))
+        fill = tuple(int(v) for v in colours[c.id])
+        draw.rectangle([x0 + _PAD, top + 1, x0 + _PAD + line - 2, top + line - 1], fill=fill, outline=(0, 0, 0))
         draw.text((x0 + 2 * _PAD + line, top + 1), c.name, fill=(0, 0, 0), font=font)
 
 
@@ -109,7 +131,7 @@ def render_overlay(
     skip = set(skip_ids)
     out = thumb.copy()
     blend = ~np.isin(labels, list(skip))
-    colours = classes.palette().astype(np.float64)[labels[blend]]
+    colours = overlay_palette(classes).astype(np.float64)[labels[blend]]
     mixed = (1.0 - alpha) * thumb[blend].astype(np.float64) + alpha * colours
     out[blend] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
     if legend:

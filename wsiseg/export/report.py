@@ -27,6 +27,7 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     n_features: int = 0
     areas: list[AreaRow] = field(default_factory=list)
+    mpp_assumed: bool = False
 
 
 def choose_mask_level(shapes: list[tuple[int, int]], mpp0: float | None, target_mpp: float) -> int:
@@ -83,6 +84,7 @@ def export_mask(
     if ds0 is None:
         ds0 = 1.0
     mpp_level0 = slide_mpp if slide_mpp is not None else (base.mpp / ds0 if base.mpp else None)
+    assumed = slide_mpp is None and mpp_level0 is not None and _mpp_source(mask_path) in ("assumed", "override")
     if slide_dims is not None and abs(base.labels.shape[1] * ds0 - slide_dims[0]) > 2 * ds0 + 1:
         msg = (
             f"{mask_path}: mask covers {base.labels.shape[1] * ds0:.0f} px but {slide} is {slide_dims[0]} px "
@@ -94,7 +96,7 @@ def export_mask(
     geo_ds = ds0 * shapes[0][1] / shapes[level][1]
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = mask_path.name.split(".")[0]
-    res = ExportResult()
+    res = ExportResult(mpp_assumed=assumed)
     if thumb is None:
         thumb = np.full((*geo.labels.shape, 3), 255, dtype=np.uint8)
     res.files.append(write_overlay_png(out_dir / f"{stem}_overlay.png", thumb, geo.labels, classes, alpha=alpha))
@@ -104,12 +106,25 @@ def export_mask(
     res.files.append(write_geojson(out_dir / f"{stem}.geojson", features))
     area_src, area_ds = (base, ds0) if base.labels.size <= AREA_FULL_RES_MAX_PIXELS else (geo, geo_ds)
     res.areas = class_areas(area_src.labels, classes=classes, mpp_level0=mpp_level0, scale_to_level0=area_ds,
-                            slide=stem)  # fmt: skip
+                            slide=stem, mpp_assumed=assumed)  # fmt: skip
     res.files.append(write_areas_csv(out_dir / f"{stem}_areas.csv", res.areas))
     if overlay_tiff:
         mpp_mask = mpp_level0 * ds0 if mpp_level0 else None
         res.files.append(write_overlay_pyramid_tiff(out_dir / f"{stem}_overlay.tif", base.labels, classes, mpp_mask))
     return res
+
+
+def _mpp_source(mask_path: Path) -> str:
+    """Where the mpp of a ``wsiseg predict`` mask came from (its sidecar's provenance), or ``""``."""
+    import json
+
+    from wsiseg.export.tiff import sidecar_path
+
+    try:
+        meta = json.loads(sidecar_path(mask_path).read_text(encoding="utf-8"))
+        return str(meta["provenance"].get("mpp_source", ""))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
 
 
 def _slide_facts(slide: Path | None) -> tuple[np.ndarray | None, tuple[int, int] | None, float | None]:

@@ -30,6 +30,8 @@ from wsiseg.fileio import atomic_output
 __all__ = ["AreaRow", "class_areas", "write_areas_csv"]
 
 NO_MPP_NOTE = "no mpp: areas only in level-0 px^2"
+#: Note of areas computed from an mpp the user assumed (``--slide-mpp``), not one the slide records.
+ASSUMED_MPP_NOTE = "mpp assumed (--slide-mpp), not read from the slide: um^2 and mm^2 are only as right as it"
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def class_areas(
     slide: str = "",
     tumor_name: str = "tumor",
     stroma_name: str = "stroma",
+    mpp_assumed: bool = False,
 ) -> list[AreaRow]:
     """Count the pixels of each class and convert them to physical areas.
 
@@ -75,6 +78,7 @@ def class_areas(
         slide: Slide name written in every row (handy when CSVs of many slides are concatenated).
         tumor_name: Class name used as tumor for the ratios (case-insensitive).
         stroma_name: Class name used as stroma for the ratios (case-insensitive).
+        mpp_assumed: ``mpp_level0`` was assumed by the user, not read from the slide (every row says so).
 
     Returns:
         One row per class, then a ``tissue`` total row with the ratios.
@@ -97,7 +101,7 @@ def class_areas(
         raise DataError(msg)
     px_l0 = counts[: len(classes)].astype(np.float64) * float(scale_to_level0) ** 2
     um2 = px_l0 * mpp_level0**2 if mpp_level0 is not None else None
-    note = "" if mpp_level0 is not None else NO_MPP_NOTE
+    note = NO_MPP_NOTE if mpp_level0 is None else (ASSUMED_MPP_NOTE if mpp_assumed else "")
     skip = set(skip_ids)
     tissue_ids = [c.id for c in classes.classes if c.id not in skip]
     tissue = float(px_l0[tissue_ids].sum())

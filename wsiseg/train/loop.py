@@ -21,6 +21,7 @@ from wsiseg.train.report import MetricAccumulator, MetricReport
 __all__ = [
     "OptimConfig",
     "StepStats",
+    "autocast_factory",
     "evaluate",
     "make_loss",
     "make_optimizer",
@@ -89,6 +90,13 @@ def _autocast(device: str, amp: bool) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
+def autocast_factory(device: str, amp: bool) -> Callable[[], Any] | None:
+    """A factory of the training autocast context (bf16 on CUDA), or None where there is none."""
+    if amp and device.startswith("cuda"):
+        return lambda: _autocast(device, amp)
+    return None
+
+
 def _to_device(batch: dict[str, Any], device: str, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     image = batch["image"].to(device, non_blocking=True)
     if channels_last and device.startswith("cuda"):
@@ -109,6 +117,7 @@ def train_steps(
     amp: bool = True,
     channels_last: bool = True,
     on_step: Callable[[int, float, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> StepStats:
     """Train on batches until the iterator ends or ``max_steps`` steps are done.
 
@@ -124,6 +133,7 @@ def train_steps(
         amp: bf16 autocast on CUDA.
         channels_last: channels_last inputs on CUDA.
         on_step: Called with ``(global step, loss, batch size)`` after each step.
+        should_stop: Checked before each step; True ends the run of steps there (a wall-clock budget).
 
     Returns:
         Counts, mean loss and throughput.
@@ -132,7 +142,7 @@ def train_steps(
     stats = StepStats()
     start = time.perf_counter()
     for batch in batches:
-        if max_steps is not None and stats.steps >= max_steps:
+        if (max_steps is not None and stats.steps >= max_steps) or (should_stop is not None and should_stop()):
             break
         image, mask = _to_device(batch, device, channels_last)
         lr = lr_at(first_step + stats.steps)

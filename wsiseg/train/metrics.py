@@ -251,7 +251,11 @@ def confusion_metrics(cm: Any, *, include_background: bool = False) -> dict[str,
     Returns:
         Per-class arrays ``dice``, ``iou``, ``precision``, ``recall`` (float64, length ``C``) and ``support``
         (target pixels, int64); floats ``pixel_accuracy`` (trace / total), ``mean_dice``, ``mean_iou``,
-        ``mean_precision``, ``mean_recall``; and ``include_background``.
+        ``mean_precision``, ``mean_recall``; ``present_mean_dice`` and ``present_mean_iou``, the means over
+        the classes present in the target only (the headline: a class absent from the target cannot score
+        for a model that never predicts it, and pixels wrongly given to it still lower the Dice of their true
+        class); ``present_classes``
+        (their ids); and ``include_background``.
     """
     cm = check_confusion(cm)
     tp = np.diag(cm).astype(np.float64)
@@ -268,9 +272,14 @@ def confusion_metrics(cm: Any, *, include_background: bool = False) -> dict[str,
         "include_background": include_background,
     }
     first = 0 if include_background else 1
+    present = gt[first:] > 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for key in ("dice", "iou", "precision", "recall"):
             part = out[key][first:]
             out[f"mean_{key}"] = float(np.nanmean(part)) if part.size else float("nan")
+        for key in ("dice", "iou"):
+            part = out[key][first:][present]
+            out[f"present_mean_{key}"] = float(np.mean(part)) if part.size else float("nan")
+    out["present_classes"] = [int(i) + first for i in np.flatnonzero(present)]
     return out

@@ -54,6 +54,16 @@ class MetricReport:
     confusion: np.ndarray = field(repr=False)
     confusion_metrics: dict[str, Any] = field(repr=False)
 
+    @property
+    def mean_dice(self) -> float:
+        """The headline: confusion-matrix Dice averaged over the foreground classes present in the truth."""
+        return float(self.confusion_metrics["present_mean_dice"])
+
+    @property
+    def mean_iou(self) -> float:
+        """Confusion-matrix IoU averaged over the foreground classes present in the truth."""
+        return float(self.confusion_metrics["present_mean_iou"])
+
     def _per_class(self, values: Mapping[str, np.ndarray], first: int) -> dict[str, dict[str, Any]]:
         names = self.class_names[first:]
         return {n: {k: _json_float(float(v[i])) for k, v in values.items()} for i, n in enumerate(names)}
@@ -64,6 +74,9 @@ class MetricReport:
         arrays = {k: cmm[k] for k in ("dice", "iou", "precision", "recall")}
         return {
             "class_names": list(self.class_names),
+            "mean_dice": _json_float(self.mean_dice),
+            "mean_iou": _json_float(self.mean_iou),
+            "present_classes": [self.class_names[i] for i in cmm["present_classes"]],
             "num_slides": self.num_slides,
             "num_pixels": self.num_pixels,
             "paper": {
@@ -82,7 +95,10 @@ class MetricReport:
         }
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """Return CSV rows: one per class (background has NaN paper values), then a ``mean`` row."""
+        """Return CSV rows: one per class (background has NaN paper values), then a ``mean`` row.
+
+        The ``mean`` row's ``dice`` and ``iou`` are the headline means over the classes present in the truth.
+        """
         cmm = self.confusion_metrics
         rows = []
         for i, name in enumerate(self.class_names):
@@ -90,7 +106,8 @@ class MetricReport:
             plain = {k: float(cmm[k][i]) for k in ("dice", "iou", "precision", "recall")}
             rows.append({"class": name, **paper, **plain, "support": int(cmm["support"][i])})
         paper_mean = {f"paper_{k}": v for k, v in self.paper.items()}
-        plain_mean = {k: cmm[f"mean_{k}"] for k in ("dice", "iou", "precision", "recall")}
+        plain_mean = {k: cmm[f"mean_{k}"] for k in ("precision", "recall")}
+        plain_mean = {"dice": self.mean_dice, "iou": self.mean_iou, **plain_mean}
         rows.append({"class": "mean", **paper_mean, **plain_mean, "support": self.num_pixels})
         return rows
 

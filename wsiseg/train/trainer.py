@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +15,16 @@ from torch.utils.data import DataLoader
 
 from wsiseg.config import checked_kwargs, load_toml, resolve_device
 from wsiseg.data.dataset import TileDataset, TileSource, load_sources
-from wsiseg.data.partition import kfold_slides, split_slides
+from wsiseg.data.partition import explicit_split, kfold_slides, split_slides
 from wsiseg.data.transforms import PairTransform
 from wsiseg.errors import ConfigError
 from wsiseg.models import args_for_tiles, create_model
 from wsiseg.seeds import stream_seed
+from wsiseg.train.baselines import evaluate_baselines, fit_baselines
 from wsiseg.train.card import ModelCard, ModelSpec
 from wsiseg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wsiseg.train.loop import OptimConfig, evaluate, make_loss, make_optimizer, poly_lr, train_steps
+from wsiseg.train.report import MetricReport
 from wsiseg.train.runlog import CsvLog, RunFolder, plot_curves
 
 __all__ = [
@@ -55,6 +57,7 @@ class TrainConfig:
     dice_weight: float = 0.5
     augment: bool = True
     test_fraction: float = 0.3
+    heldout: tuple[str, ...] = ()
     folds: int = 0
     fold: int = 0
     seed: int = 301
@@ -63,10 +66,24 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     max_steps_per_epoch: int | None = None
+    time_budget: float | None = None
+    patience: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             msg = f"--epochs ({self.epochs}) and --batch-size ({self.batch_size}) must be positive"
+            raise ConfigError(msg)
+        if self.time_budget is not None and self.time_budget <= 0:
+            msg = f"--time-budget must be a positive number of seconds, got {self.time_budget}"
+            raise ConfigError(msg)
+        if self.patience < 0:
+            msg = f"--patience must be >= 0 epochs (0: no early stopping), got {self.patience}"
+            raise ConfigError(msg)
+        if self.heldout and self.folds:
+            msg = "--heldout fixes the held-out slides; it cannot be combined with --folds"
+            raise ConfigError(msg)
+        if not self.heldout and not self.folds and not 0.0 < self.test_fraction < 1.0:
+            msg = f"--test-fraction must be in (0, 1), got {self.test_fraction}; 0 goes with --heldout"
             raise ConfigError(msg)
         if self.folds and not 0 <= self.fold < self.folds:
             msg = f"--fold {self.fold} must be in 0..{self.folds - 1}"
@@ -76,12 +93,13 @@ class TrainConfig:
         """JSON/TOML-ready dict."""
         data = dataclasses.asdict(self)
         data["data"] = list(self.data)
+        data["heldout"] = list(self.heldout)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict (unknown keys are an error)."""
-        return cls(**checked_kwargs(cls, data, "training", ("data",)))
+        return cls(**checked_kwargs(cls, data, "training", ("data", "heldout")))
 
 
 @dataclass
@@ -92,10 +110,15 @@ class TrainResult:
     best_dice: float
     final_metrics: dict[str, Any]
     epochs_done: int
+    stop_reason: str = "epochs done"
+    final_report: MetricReport | None = None
+    baselines: dict[str, MetricReport] = field(default_factory=dict)
 
 
 def slide_split(source: TileSource, cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """Train and test slide keys: a seeded 0.7/0.3 split, or fold ``cfg.fold`` of ``cfg.folds``."""
+    """Train and test slide keys: the explicit held-out list, fold ``cfg.fold`` of ``cfg.folds``, or a seeded split."""
+    if cfg.heldout:
+        return explicit_split(source.slide_ids, cfg.heldout)
     if cfg.folds:
         return kfold_slides(source.slide_ids, folds=cfg.folds, seed=stream_seed(cfg.seed, "train-split"))[cfg.fold]
     return split_slides(source.slide_ids, test_fraction=cfg.test_fraction, seed=stream_seed(cfg.seed, "train-split"))
@@ -185,46 +208,106 @@ def run_training(
         folder = RunFolder.create(runs_root, f"train-{cfg.model}")
         run_dir = folder.path
         folder.write_config({**cfg.to_dict(), "split": {"train": train_ids, "test": test_ids}})
+        folder.write_json("split.json", {"train": train_ids, "test": test_ids, "how": _split_how(cfg)})
     assert run_dir is not None
     log = CsvLog(run_dir / "metrics.csv", keep_until=("epoch", float(start_epoch)))
     card = model_card(cfg, source, {"split": {"train": train_ids, "test": test_ids}})
-    report_dict: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
+    clock = RunClock(cfg.time_budget, total, cfg.poly_power)
+    report: MetricReport | None = None
+    epoch, stalled, reason = start_epoch, 0, "epochs done"
+    while epoch < cfg.epochs:
         loader = epoch_loader(train_ds, cfg, epoch, device)
-        lr_at = functools.partial(poly_lr, cfg.lr, total_steps=total, power=cfg.poly_power)
         stats = train_steps(
-            model, iter(loader), optimizer, loss_fn, lr_at=lr_at,
+            model, iter(loader), optimizer, loss_fn, lr_at=lambda step: cfg.lr * clock.lr_factor(step),
             first_step=epoch * steps_per_epoch, max_steps=steps_per_epoch, device=device, amp=cfg.amp,
-            channels_last=cfg.channels_last, on_step=on_step,
+            channels_last=cfg.channels_last, on_step=on_step, should_stop=clock.out_of_time,
         )  # fmt: skip
         assert test_loader is not None
+        eval_start = time.monotonic()
         report = evaluate(model, test_loader, source.classes.names, device=device, amp=cfg.amp)
-        report_dict = report.to_dict()
-        dice = float(np.nan_to_num(report.paper["dice"], nan=0.0))
+        clock.eval_seconds = time.monotonic() - eval_start
+        epoch += 1
+        score = float(np.nan_to_num(report.mean_dice, nan=0.0))
         row = {
-            "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": stats.loss, "images_per_s": stats.images_per_s, "test_dice": report.paper["dice"],
+            "epoch": epoch, "step": (epoch - 1) * steps_per_epoch + stats.steps,
+            "lr": optimizer.param_groups[0]["lr"], "train_loss": stats.loss, "images_per_s": stats.images_per_s,
+            "test_mean_dice": report.mean_dice, "test_mean_iou": report.mean_iou, "test_dice": report.paper["dice"],
             "test_jaccard": report.paper["jaccard"], "test_acc": report.paper["acc"],
         }  # fmt: skip
-        for name, value in zip(source.classes.names[1:], report.paper_per_class["dice"], strict=True):
+        for name, value in zip(source.classes.names[1:], report.confusion_metrics["dice"][1:], strict=True):
             row[f"dice_{name}"] = float(value)
         log.append(row)
-        meta = {"epoch": epoch + 1, "best_dice": max(best, dice), "metrics": report_dict}
-        if dice > best:
-            best = dice
+        meta = {"epoch": epoch, "best_dice": max(best, score), "metrics": report.to_dict()}
+        stalled = 0 if score > best else stalled + 1
+        if score > best:
+            best = score
             save_checkpoint(run_dir / "checkpoints" / "best", model, {**card, **meta})
         state = {**rng_state(), **_optimizer_tensors(optimizer)}
         save_checkpoint(run_dir / "checkpoints" / "last", model, {**card, **meta}, state=state)
-        panels = [("loss", ["train_loss"]), ("held-out slides", ["test_dice", "test_jaccard", "test_acc"])]
+        panels = [("loss", ["train_loss"]), ("held-out slides", ["test_mean_dice", "test_mean_iou", "test_dice"])]
         plot_curves(run_dir / "curves.png", log.rows(), "epoch", panels)
         if on_epoch:
             on_epoch(row)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            return TrainResult(run_dir, best, report_dict, epoch + 1)
-    final = run_dir / "checkpoints" / "final"
-    save_checkpoint(final, model, {**card, "epoch": cfg.epochs, "metrics": report_dict})
-    folder.write_json("metrics.json", report_dict)
-    return TrainResult(run_dir, best, report_dict, cfg.epochs)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            return TrainResult(run_dir, best, report.to_dict(), epoch)
+        if clock.out_of_time():
+            reason = f"time budget of {cfg.time_budget:g} s reached"
+            break
+        if cfg.patience and stalled >= cfg.patience:
+            reason = f"early stop: held-out mean Dice did not improve for {cfg.patience} epoch(s)"
+            break
+    if report is None:
+        report = evaluate(model, test_loader, source.classes.names, device=device, amp=cfg.amp)  # type: ignore[arg-type]
+    baselines = evaluate_baselines(fit_baselines(source.subset(train_ids)), source.subset(test_ids))
+    summary = {**report.to_dict(), "baselines": {n: b.to_dict() for n, b in baselines.items()},
+               "stop_reason": reason, "epochs_done": epoch, "seconds": clock.elapsed()}  # fmt: skip
+    save_checkpoint(run_dir / "checkpoints" / "final", model, {**card, "epoch": epoch, "metrics": summary})
+    folder.write_json("metrics.json", summary)
+    return TrainResult(run_dir, best, summary, epoch, reason, report, baselines)
+
+
+def _split_how(cfg: TrainConfig) -> str:
+    if cfg.heldout:
+        return "explicit --heldout list"
+    if cfg.folds:
+        return f"fold {cfg.fold} of {cfg.folds} by slide, seed {cfg.seed}"
+    return f"seeded split by slide, test fraction {cfg.test_fraction}, seed {cfg.seed}"
+
+
+class RunClock:
+    """Wall-clock budget and learning-rate schedule of one run.
+
+    The poly schedule runs on the further of two progress measures, steps done over planned steps and time
+    spent over the budget, so a run cut short by its budget has still decayed its learning rate to near 0.
+    Steps stop early enough that the held-out evaluation after them (timed at the previous epoch) still fits.
+
+    Args:
+        budget: Seconds allowed, or None for no limit.
+        total_steps: Planned optimizer steps.
+        power: Poly decay power.
+    """
+
+    def __init__(self, budget: float | None, total_steps: int, power: float) -> None:
+        self.budget = budget
+        self.total_steps = total_steps
+        self.power = power
+        self.start = time.monotonic()
+        self.eval_seconds = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (this process)."""
+        return time.monotonic() - self.start
+
+    def out_of_time(self) -> bool:
+        """Whether the budget, less the time one evaluation takes, is spent."""
+        return self.budget is not None and self.elapsed() + self.eval_seconds >= self.budget
+
+    def lr_factor(self, step: int) -> float:
+        """Learning rate over base learning rate at global ``step``."""
+        factor = poly_lr(1.0, step, self.total_steps, self.power)
+        if self.budget is not None:
+            factor = min(factor, max(0.0, 1.0 - self.elapsed() / self.budget) ** self.power)
+        return factor
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
