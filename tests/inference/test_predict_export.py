@@ -64,6 +64,17 @@ def test_stitched_slide_matches_ground_truth(predicted: Path, cohort: Path, tmp_
     assert shifted < metrics["paper"]["dice"] - 0.1
 
 
+def test_evaluate_refuses_a_truth_without_tissue(predicted: Path, tmp_path: Path) -> None:
+    # an empty (or off-slide) truth used to score paper mean Dice 1.0 for any prediction
+    Image.fromarray(np.zeros((64, 96), dtype=np.uint8)).save(tmp_path / "empty.png")
+    res = runner.invoke(app, ["evaluate", str(predicted), "--truth", str(tmp_path / "empty.png"),
+                              "--out", str(tmp_path / "ev")])  # fmt: skip
+    assert res.exit_code == 5, res.output
+    assert "empty.png" in res.output
+    assert "no annotated tissue" in res.output
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
 def test_export_geojson_csv_overlay(predicted: Path, cohort: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["export", str(predicted), "--slide", str(cohort / "slide_005.svs"), "--out",
                               str(tmp_path), "--min-area", "0", "--overlay-tiff"])  # fmt: skip
@@ -157,3 +168,49 @@ def test_probs_and_ome(trained_run: Path, cohort: Path, tmp_path: Path) -> None:
     assert np.abs(stack.sum(axis=0)[covered] - 255).max() <= 4
     agree = (stack.argmax(axis=0) == labels)[covered].mean()
     assert agree > 0.98
+
+
+def test_slide_mpp_never_silently_replaces_a_recorded_mpp(trained_run: Path, cohort: Path, tmp_path: Path) -> None:
+    # slide_003.svs records 0.5 um/px: --slide-mpp 1.0 used to override it and predict at the wrong scale
+    ckpt = str(trained_run / "checkpoints" / "final")
+    base = ["predict", str(cohort / "slide_003.svs"), "--model", ckpt, "--workers", "0", "--slide-mpp", "1.0"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a.tif")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "--slide-mpp 1 was not used" in res.output
+    prov = json.loads((tmp_path / "a.json").read_text())["provenance"]
+    assert prov["slide_mpp"] == pytest.approx(0.5)
+    assert prov["mpp_source"] == "slide"
+    res = runner.invoke(app, [*base, "--override-mpp", "--out", str(tmp_path / "b.tif")], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "warning:" in res.output
+    prov = json.loads((tmp_path / "b.json").read_text())["provenance"]
+    assert prov["slide_mpp"] == pytest.approx(1.0)
+    assert prov["mpp_source"] == "override"
+
+
+def test_areas_from_an_assumed_mpp_are_flagged(trained_run: Path, cohort: Path, tmp_path: Path) -> None:
+    # a PNG has no mpp: the user assumes one with --slide-mpp, and the areas must say so
+    with tiffslide.TiffSlide(str(cohort / "slide_004.svs")) as s:
+        region = np.asarray(s.read_region((0, 0), 0, (1500, 1000)))[..., :3]
+    Image.fromarray(region).save(tmp_path / "crop.png")
+    ckpt = str(trained_run / "checkpoints" / "final")
+    res = runner.invoke(app, ["predict", str(tmp_path / "crop.png"), "--model", ckpt, "--workers", "0",
+                              "--slide-mpp", "0.5", "--out", str(tmp_path / "crop.tif")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "(assumed)" in res.output
+    res = runner.invoke(app, ["export", str(tmp_path / "crop.tif"), "--out", str(tmp_path / "ex")],
+                        terminal_width=200)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "mpp assumed at prediction" in res.output
+    with (tmp_path / "ex" / "crop_areas.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all("mpp assumed" in r["note"] for r in rows)
+    assert rows[0]["area_mm2"] != ""
+
+
+def test_export_slides_folder_missing_is_a_usage_error(predicted: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["export", str(predicted), "--slides", str(tmp_path / "nowhere"), "--out",
+                              str(tmp_path / "ex")])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "nowhere" in res.output
+    assert not (tmp_path / "ex").exists()

@@ -120,3 +120,23 @@ def test_evaluate_makes_a_trivial_model_visible(tiles64: Path, tmp_path: Path) -
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     best = max(b["mean_dice"] for b in saved["baselines"].values())
     assert saved["mean_dice"] < best
+
+
+def test_fed_clients_train_on_what_a_central_run_trains_on(tiles64: Path) -> None:
+    from wsiseg.federated.clients import build_clients
+
+    source = load_sources([tiles64])
+    held = tuple(source.slide_ids[1:3])
+    central_train, central_test = explicit_split(source.slide_ids, held)
+    clients = build_clients(data=(str(tiles64),), client_dirs=(), n_clients=2, partition="iid", alpha=0.5,
+                            test_fraction=0.0, seed=1, heldout=held)  # fmt: skip
+    assert sorted(s for c in clients for s in c.train.slide_ids) == central_train
+    assert sorted(s for c in clients if c.heldout for s in c.heldout.slide_ids) == central_test
+
+
+def test_fed_train_help_shows_the_held_out_fraction() -> None:
+    res = runner.invoke(app, ["fed-train", "--help"], terminal_width=200)
+    assert res.exit_code == 0
+    assert "--test-fraction" in res.output
+    assert "--heldout" in res.output
+    assert "0.3" in res.output

@@ -46,6 +46,7 @@ __all__ = [
     "ModelOpt",
     "NoiseSeedOpt",
     "NormOpt",
+    "OverrideMppOpt",
     "PartitionOpt",
     "PatientsOpt",
     "PhysicalBatchOpt",
@@ -57,6 +58,7 @@ __all__ = [
     "SampleRateOpt",
     "SeedOpt",
     "SigmaOpt",
+    "SlideMppOpt",
     "TargetEpsilonOpt",
     "TilesPerUnitOpt",
     "TimeBudgetOpt",
@@ -111,6 +113,14 @@ ResumeOpt = Annotated[
     Path | None, typer.Option(help="Run folder to continue after an interruption.", rich_help_panel=RUN)
 ]
 
+SlideMppOpt = Annotated[
+    float | None,
+    typer.Option(help="Level-0 um/px for slides without mpp (a slide's own mpp wins unless --override-mpp)."),
+]
+OverrideMppOpt = Annotated[
+    bool,
+    typer.Option(help="Use --slide-mpp even where the slide records an mpp (warned; recorded in the outputs)."),
+]
 HeldoutOpt = Annotated[
     list[str] | None,
     typer.Option(

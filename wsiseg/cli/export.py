@@ -26,12 +26,16 @@ def export(
     overlay_tiff: Annotated[bool, typer.Option(help="Also write an RGB pyramidal overlay TIFF.")] = False,
 ) -> None:
     """Write an overlay PNG, QuPath GeoJSON and a CSV of class areas for each mask."""
+    from rich.markup import escape
     from rich.table import Table
 
     from wsiseg.cli._console import batch_exit, console
     from wsiseg.errors import ConfigError, WsisegError
     from wsiseg.export.report import export_mask
 
+    if slides is not None and not slides.is_dir():
+        msg = f"--slides {slides}: no such folder; pass the folder that holds the slides named like the masks"
+        raise ConfigError(msg)
     if slide is not None and len(masks) > 1:
         msg = "--slide goes with one mask; use --slides DIR for several"
         raise ConfigError(msg)
@@ -48,6 +52,9 @@ def export(
             failed.append(err.exit_code)
             console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
             continue
+        if res.mpp_assumed:
+            line = f"{mask.name}: areas use the mpp assumed at prediction (--slide-mpp), not one the slide records"
+            console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False)
         areas = {r.class_name: r.area_mm2 for r in res.areas}
         tsr = next((r.tumor_stroma_ratio for r in res.areas if r.tumor_stroma_ratio is not None), None)
         table.add_row(

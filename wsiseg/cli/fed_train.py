@@ -24,6 +24,14 @@ def fed_train(
         int, typer.Option(help="Number of clients when splitting one dataset by slide.", rich_help_panel=o.FEDERATION)
     ] = 5,
     partition: o.PartitionOpt = "iid",
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Held-out fraction of each client's slides (at least one slide each; 0 with --heldout).",
+            rich_help_panel=o.DATA,
+        ),
+    ] = 0.3,
+    heldout: o.HeldoutOpt = None,
     alpha: Annotated[
         float, typer.Option(help="Dirichlet concentration (smaller: more skewed).", rich_help_panel=o.FEDERATION)
     ] = 0.5,
@@ -66,8 +74,10 @@ def fed_train(
     whose epsilon means something for a handful of hospitals.
     """
     from wsiseg.cli._console import console, given, merged_model_args
+    from wsiseg.cli._options import resolve_heldout
     from wsiseg.cli._privacy import print_plan
     from wsiseg.config import load_toml
+    from wsiseg.errors import ConfigError
     from wsiseg.federated.config import FedConfig
     from wsiseg.federated.rounds import run_federated
 
@@ -84,10 +94,13 @@ def fed_train(
             "clip_scope": clip_scope, "delta": delta, "target_epsilon": target_epsilon, "seed": seed,
             "privacy_unit": privacy_unit, "sample_rate": sample_rate, "physical_batch": physical_batch,
             "tiles_per_unit": tiles_per_unit, "patients": str(patients) if patients else None,
-            "noise_seed": noise_seed,
+            "noise_seed": noise_seed, "test_fraction": test_fraction, "heldout": resolve_heldout(heldout),
             "eval_every": eval_every, "workers": workers, "device": device,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
+        if heldout and given(ctx, "test_fraction") and test_fraction != 0:
+            msg = "--heldout fixes the held-out slides; drop --test-fraction or pass --test-fraction 0"
+            raise ConfigError(msg)
         cfg = FedConfig.from_dict({**base, **explicit, "model_args": merged_model_args(base, norm, img_size)})
     if dry_run:
         print_plan(cfg, sites=_site_plans(cfg))

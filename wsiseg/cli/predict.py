@@ -25,26 +25,34 @@ def predict(
     workers: Annotated[int, typer.Option(help="Reader processes.")] = min(2, os.cpu_count() or 1),
     device: o.DeviceOpt = "auto",
     backend: Annotated[str, typer.Option(help="Slide reader: auto, openslide, tiffslide, pillow.")] = "auto",
-    slide_mpp: Annotated[float | None, typer.Option(help="um/px for slides without mpp.")] = None,
+    slide_mpp: o.SlideMppOpt = None,
+    override_mpp: o.OverrideMppOpt = False,
     min_tissue: Annotated[float | None, typer.Option(help="Tissue fraction to predict a window.")] = None,
     probs: Annotated[bool, typer.Option(help="Also write per-class probability maps.")] = False,
     ome: Annotated[bool, typer.Option(help="OME-TIFF with SubIFD pyramid (Bio-Formats).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo slides whose mask exists.")] = False,
 ) -> None:
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
+    from rich.markup import escape
     from rich.table import Table
 
     from wsiseg.cli._console import batch_exit, console, make_progress
     from wsiseg.cli._options import checkpoint_path
     from wsiseg.config import resolve_device
-    from wsiseg.errors import CheckpointError, DataError, WsisegError
+    from wsiseg.errors import CheckpointError, ConfigError, DataError, WsisegError
     from wsiseg.export.slide_mask import predict_to_tiff
     from wsiseg.inference.predictor import PredictSettings
     from wsiseg.tiling.batch import expand_sources
+    from wsiseg.tiling.plan import ForcedMpp
     from wsiseg.tiling.writer import slide_id_for
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
 
+    if override_mpp and slide_mpp is None:
+        msg = "--override-mpp needs --slide-mpp VALUE (the um/px to use instead of the slide's own)"
+        raise ConfigError(msg)
+    if override_mpp and slide_mpp is not None:
+        slide_mpp = ForcedMpp(slide_mpp)
     model = checkpoint_path(checkpoint, model)
     if model is None:
         run = latest_run(runs)
@@ -88,6 +96,14 @@ def predict(
                 console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
                 continue
             mpp = f"{res.mask_mpp:.3f}" if res.mask_mpp else "-"
+            if res.mpp_source in ("assumed", "override"):
+                mpp += f" ({res.mpp_source})"
+            if res.mpp_source == "override":
+                line = f"{src.name}: its own mpp was replaced by --slide-mpp {slide_mpp:g} (--override-mpp)"
+                console.print(f"[bold yellow]warning:[/] {escape(line)}; recorded in the mask", highlight=False)
+            elif slide_mpp is not None and res.mpp_source == "slide":
+                line = f"{src.name} records its own mpp; --slide-mpp {slide_mpp:g} was not used"
+                console.print(f"[yellow]note:[/] {escape(line)} (add --override-mpp to force it)", highlight=False)
             rate = res.windows / res.seconds if res.seconds else 0.0
             table.add_row(src.name, str(res.mask), f"{res.width}x{res.height}", mpp,
                           f"{res.windows}/{res.grid_windows}", f"{res.seconds:.1f}", f"{rate:.1f}")  # fmt: skip

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from wsiseg.cli import _options as opts
 
 __all__ = ["tile"]
 
@@ -18,9 +21,8 @@ def tile(
     stride: Annotated[int, typer.Option(help="Step between windows, same unit as --window.")] = 500,
     size: Annotated[int, typer.Option(help="Output tile side in px.")] = 224,
     mpp: Annotated[float | None, typer.Option(help="Define --window/--stride physically at this um/px.")] = None,
-    slide_mpp: Annotated[
-        float | None, typer.Option(help="Level-0 um/px for slides without (or with wrong) mpp.")
-    ] = None,
+    slide_mpp: opts.SlideMppOpt = None,
+    override_mpp: opts.OverrideMppOpt = False,
     min_tissue: Annotated[float, typer.Option(help="Minimum tissue fraction of a kept window.")] = 0.1,
     resize: Annotated[str, typer.Option(help="Resize kernel: bilinear, bicubic, box, lanczos.")] = "bilinear",
     image_format: Annotated[str, typer.Option("--format", help="Image tile format: jpg or png.")] = "jpg",
@@ -43,6 +45,7 @@ def tile(
     from wsiseg.errors import DataError
     from wsiseg.tiling.batch import expand_sources, read_site_table, tile_many
     from wsiseg.tiling.geometry import TilingConfig
+    from wsiseg.tiling.plan import ForcedMpp
 
     config = TilingConfig(window, stride, size, mpp, min_tissue, resize, image_format)
     sources = expand_sources(slides)
@@ -53,25 +56,36 @@ def tile(
     with make_progress("windows") as bar:
         task = bar.add_task("tiling", total=None, rate="")
 
+        # One count over the whole batch: a per-image count restarted for every tiny image made the rate absurd
+        finished, current = [0], [0]
+
         def on_start(source: Path, index: int) -> None:
-            bar.reset(task, total=None, description=f"[{index + 1}/{len(sources)}] {source.name}")
+            finished[0] += current[0]
+            current[0] = 0
+            bar.update(task, description=f"[{index + 1}/{len(sources)}] {source.name}")
 
         def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            del total
+            current[0] = done
+            bar.update(task, completed=finished[0] + done)
+
+        started = time.perf_counter()
 
         outcomes = tile_many(
             sources, out, config, masks_dir=masks, use_masks=use_masks, palette=palette, backend=backend,
-            slide_mpp=slide_mpp, sites=site_map, site=site, workers=workers, overwrite=overwrite,
+            slide_mpp=ForcedMpp(slide_mpp) if override_mpp and slide_mpp else slide_mpp,
+            sites=site_map, site=site, workers=workers, overwrite=overwrite,
             on_start=on_start, progress=on_progress,
         )  # fmt: skip
-    _summary(outcomes, out)
+    _summary(outcomes, out, time.perf_counter() - started)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
         console.print(f"[bold red]failed:[/] {o.error}", highlight=False, soft_wrap=True)
     batch_exit([o.exit_code for o in failed], len(outcomes))
 
 
-def _summary(outcomes: list, out: Path) -> None:  # type: ignore[type-arg]
+def _summary(outcomes: list, out: Path, seconds: float) -> None:  # type: ignore[type-arg]
+    from rich.markup import escape
     from rich.table import Table
 
     from wsiseg.cli._console import console
@@ -91,6 +105,27 @@ def _summary(outcomes: list, out: Path) -> None:  # type: ignore[type-arg]
             f"{o.seconds:.1f}",
         )  # fmt: skip
     console.print(table)
-    notes = [f"{o.source.name}: {o.entry.note}" for o in outcomes if o.entry and o.entry.note]
+    tiled = [o.entry for o in outcomes if o.status == "tiled" and o.entry is not None]
+    if tiled:
+        windows, tiles = sum(e.n_windows for e in tiled), sum(e.n_tiles for e in tiled)
+        console.print(f"{len(tiled)} image(s), {windows} windows checked, {tiles} tiles written in {seconds:.1f} s "
+                      f"({windows / max(seconds, 1e-9):.1f} windows/s, {len(tiled) / max(seconds, 1e-9):.1f} "
+                      "images/s, opening and writing included)", highlight=False)  # fmt: skip
+    small = [o.entry for o in outcomes if o.entry and min(o.entry.dimensions) < o.entry.window_level0]
+    notes = []
+    for o in outcomes:
+        parts = o.entry.note.split("; ") if o.entry and o.entry.note else []
+        parts = [p for p in parts if len(small) <= 3 or "smaller than the" not in p]  # said once below instead
+        if parts:
+            notes.append(f"{o.source.name}: {'; '.join(parts)}")
+    if len(small) > 3:
+        side = min(min(e.dimensions) for e in small)
+        console.print(
+            f"[yellow]note:[/] {len(small)} of {len(outcomes)} images are smaller than the "
+            f"{small[0].window_level0} px window and were padded with white. For patch datasets pick a window "
+            f"no larger than the smallest patch side ({side} px here), e.g. --window {side} --stride {side // 2}, "
+            f"and a --size at or below it (the README's patch recipe uses --window 224 --stride 112 --size 112)",
+            highlight=False,
+        )
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

@@ -36,6 +36,7 @@ class SlidePrediction:
     grid_windows: int
     seconds: float
     prob_maps: list[Path]
+    mpp_source: str = "unknown"
 
 
 def predict_to_tiff(
@@ -84,7 +85,8 @@ def predict_to_tiff(
                         progress=progress)  # fmt: skip
     geo = res.plan.geometry
     return SlidePrediction(out_path, geo.width, geo.height, res.plan.mask_mpp, len(res.plan.origins),
-                           res.plan.n_grid, res.seconds, [w.path for w in opened[0].sink.probs])  # fmt: skip
+                           res.plan.n_grid, res.seconds, [w.path for w in opened[0].sink.probs],
+                           res.plan.mpp_source)  # fmt: skip
 
 
 class _TiffOutputs:

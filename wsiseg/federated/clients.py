@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wsiseg.data.dataset import TileDataset, TileSource, load_sources
-from wsiseg.data.partition import partition_clients, split_slides
+from wsiseg.data.partition import explicit_split, partition_clients, split_slides
 from wsiseg.data.transforms import PairTransform
 from wsiseg.data.units import unit_groups
 from wsiseg.errors import ConfigError, DataError
@@ -113,16 +113,22 @@ def build_clients(
     alpha: float,
     test_fraction: float,
     seed: int,
+    heldout: tuple[str, ...] = (),
 ) -> list[Client]:
     """Create the clients from one pooled dataset (split by slide) or one dataset per site.
 
     Every client with at least two slides keeps ``test_fraction`` of them (at least one) as held-out
-    slides; the union of held-out slides is the global test set.
+    slides; the union of held-out slides is the global test set. With ``heldout`` (slide keys) those slides
+    are the held-out set instead, exactly as ``train --heldout`` holds them out: a pooled dataset is
+    partitioned without them (so clients train on the same slides a central run does) and they are dealt
+    round robin to the clients' held-out sets; per-site folders keep their own held-out slides.
 
     Raises:
         DataError: A client without training slides.
         ConfigError: An impossible partition.
     """
+    if heldout:
+        return _clients_with_heldout(data, client_dirs, n_clients, partition, alpha, seed, heldout)
     if client_dirs:
         sources = [(Path(d).name, load_sources([d])) for d in client_dirs]
     else:
@@ -143,6 +149,40 @@ def build_clients(
         else:
             clients.append(Client(name, src, None))
     return clients
+
+
+def _clients_with_heldout(
+    data: tuple[str, ...],
+    client_dirs: tuple[str, ...],
+    n_clients: int,
+    partition: str,
+    alpha: float,
+    seed: int,
+    heldout: tuple[str, ...],
+) -> list[Client]:
+    """:func:`build_clients` with an explicit held-out list (see there)."""
+    if client_dirs:
+        sources = [(Path(d).name, load_sources([d])) for d in client_dirs]
+        everything = sorted({s for _, src in sources for s in src.slide_ids})
+        explicit_split(everything, heldout)  # names unknown ids, refuses holding out everything
+        clients = []
+        for name, src in sources:
+            held = [s for s in src.slide_ids if s in set(heldout)]
+            train = [s for s in src.slide_ids if s not in set(heldout)]
+            if not train:
+                msg = f"client {name}: --heldout lists all its slides; leave it some to train on"
+                raise DataError(msg)
+            clients.append(Client(name, src.subset(train), src.subset(held) if held else None))
+        return clients
+    pool = load_sources(data)
+    train_ids, test_ids = explicit_split(pool.slide_ids, heldout)
+    groups = partition_clients(train_ids, n_clients, mode=partition, seed=stream_seed(seed, "partition"),
+                               sites=pool.sites(), alpha=alpha)  # fmt: skip
+    dealt = [test_ids[i :: len(groups)] for i in range(len(groups))]
+    return [
+        Client(f"client{i}", pool.subset(ids), pool.subset(held) if held else None)
+        for i, (ids, held) in enumerate(zip(groups, dealt, strict=True))
+    ]
 
 
 def client_split_seed(seed: int, index: int) -> int:

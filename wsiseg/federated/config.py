@@ -51,6 +51,7 @@ class FedConfig:
     poly_power: float = 0.9
     augment: bool = True
     test_fraction: float = 0.3
+    heldout: tuple[str, ...] = ()
     dp: str = DEFAULT_DP_MODE
     sigma: float | None = None
     clip: float = 0.5
@@ -72,6 +73,10 @@ class FedConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (
+                bool(self.heldout) or 0 < self.test_fraction < 1,
+                f"--test-fraction must be in (0, 1), got {self.test_fraction}; 0 goes with --heldout",
+            ),
             (self.dp in DP_MODES, f"--dp must be one of {', '.join(DP_MODES)}, got {self.dp!r}"),
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
             (0 < self.fraction <= 1, f"--fraction must be in (0, 1], got {self.fraction}"),
@@ -162,9 +167,10 @@ class FedConfig:
         """TOML/JSON-ready dict."""
         data = dataclasses.asdict(self)
         data["data"], data["client_dirs"] = list(self.data), list(self.client_dirs)
+        data["heldout"] = list(self.heldout)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FedConfig:
         """Build from a dict; unknown keys are an error."""
-        return cls(**checked_kwargs(cls, data, "fed-train", ("data", "client_dirs")))
+        return cls(**checked_kwargs(cls, data, "fed-train", ("data", "client_dirs", "heldout")))

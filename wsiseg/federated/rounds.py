@@ -150,7 +150,7 @@ def config_clients(cfg: FedConfig) -> list[Client]:
     """The clients of a config: its data split by slide, or its per-site folders."""
     return build_clients(data=cfg.data, client_dirs=cfg.client_dirs, n_clients=cfg.clients,
                          partition=cfg.partition, alpha=cfg.alpha, test_fraction=cfg.test_fraction,
-                         seed=cfg.train_seed)  # fmt: skip
+                         seed=cfg.train_seed, heldout=cfg.heldout)  # fmt: skip
 
 
 def site_plans(cfg: FedConfig, clients: list[Client], local: LocalTraining) -> list[tuple[str, int, float, int]]:

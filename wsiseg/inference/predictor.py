@@ -60,6 +60,7 @@ class PredictPlan:
     origins: list[tuple[int, int]]
     n_grid: int
     slide_mpp: float | None
+    mpp_source: str = "unknown"
 
     @property
     def mask_mpp(self) -> float | None:
@@ -83,7 +84,7 @@ def plan_prediction(
         raise SlideError(msg)
     geometry = stitch_geometry(*slide.dimensions, plan.window0, plan.stride0, tiling.size)
     return PredictPlan(geometry, plan.window0, plan.stride0, plan.level, plan.read, origins, len(plan.grid),
-                       plan.mpp)  # fmt: skip
+                       plan.mpp, plan.mpp_source)  # fmt: skip
 
 
 @torch.no_grad()

@@ -71,6 +71,7 @@ def predict_slide(
         plan = plan_prediction(slide, tiling, slide_mpp=slide_mpp, min_tissue=settings.min_tissue)
         prov = {
             "slide": str(slide_path), "slide_dimensions": list(slide.dimensions), "slide_mpp": plan.slide_mpp,
+            "mpp_source": plan.mpp_source,
             "tiling": tiling.to_dict(), "window_level0": plan.window0, "stride_level0": plan.stride0,
             "windows_predicted": len(plan.origins), "wsiseg_version": __version__, **(provenance or {}),
         }  # fmt: skip

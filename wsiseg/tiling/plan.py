@@ -16,7 +16,33 @@ from wsiseg.slide import Slide
 from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
 from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
 
-__all__ = ["WindowPlan", "plan_windows"]
+__all__ = ["ForcedMpp", "WindowPlan", "mpp_in_use", "plan_windows"]
+
+
+class ForcedMpp(float):
+    """A ``--slide-mpp`` the user insists on (``--override-mpp``): it replaces even an mpp the slide records.
+
+    A plain float given as ``slide_mpp`` is only a fallback for slides without mpp.
+    """
+
+
+def mpp_in_use(own: float | None, given: float | None) -> tuple[float | None, str]:
+    """The level-0 um/px to use and where it comes from: ``slide``, ``assumed``, ``override`` or ``unknown``.
+
+    Args:
+        own: The mpp the slide records (None when it has none).
+        given: ``--slide-mpp`` (None when not given); a :class:`ForcedMpp` replaces ``own``.
+
+    >>> mpp_in_use(0.227, 1.0)
+    (0.227, 'slide')
+    >>> mpp_in_use(None, 1.0)
+    (1.0, 'assumed')
+    >>> mpp_in_use(0.227, ForcedMpp(1.0))
+    (1.0, 'override')
+    """
+    if given is not None and (own is None or isinstance(given, ForcedMpp)):
+        return float(given), "assumed" if own is None else "override"
+    return own, "slide" if own is not None else "unknown"
 
 
 @dataclass(frozen=True)
@@ -35,6 +61,7 @@ class WindowPlan:
         thumb: The tissue-detection thumbnail (RGB).
         tissue: Its tissue mask.
         thumb_downsample: Level-0 pixels per thumbnail pixel.
+        mpp_source: Where ``mpp`` comes from (see :func:`mpp_in_use`).
     """
 
     window0: int
@@ -48,6 +75,7 @@ class WindowPlan:
     thumb: np.ndarray
     tissue: np.ndarray
     thumb_downsample: float
+    mpp_source: str = "unknown"
 
     @property
     def kept(self) -> list[tuple[int, int, float]]:
@@ -63,7 +91,7 @@ def plan_windows(
     Args:
         slide: An open slide.
         config: Window, stride, tile size, optional physical mpp and the tissue threshold.
-        slide_mpp: um/px to use instead of the slide's own (slides without mpp).
+        slide_mpp: um/px for a slide without mpp; a :class:`ForcedMpp` replaces the slide's own.
         min_tissue: Threshold instead of ``config.min_tissue``.
 
     Returns:
@@ -72,7 +100,7 @@ def plan_windows(
     Raises:
         ConfigError: The settings define windows in um and the slide has no mpp.
     """
-    mpp = slide_mpp if slide_mpp is not None else (slide.mpp[0] if slide.mpp else None)
+    mpp, mpp_source = mpp_in_use(slide.mpp[0] if slide.mpp else None, slide_mpp)
     window0, stride0 = window_level0(config, mpp)
     level, read = choose_level(slide.level_downsamples, window0, config.size)
     thumb = slide.get_thumbnail(TISSUE_THUMBNAIL)
@@ -81,4 +109,5 @@ def plan_windows(
     grid = window_grid(slide.dimensions, window0, stride0)
     fractions = [float(f) for f in tissue_fractions(tissue, ds, grid, window0)]
     threshold = config.min_tissue if min_tissue is None else min_tissue
-    return WindowPlan(window0, stride0, level, read, mpp, list(grid), fractions, threshold, thumb, tissue, ds)
+    return WindowPlan(window0, stride0, level, read, mpp, list(grid), fractions, threshold, thumb, tissue, ds,
+                      mpp_source)  # fmt: skip

@@ -168,6 +168,11 @@ def tile_slide(
             f"{source}: no window has at least {config.min_tissue:.0%} tissue "
             f"({len(origins)} windows checked); lower --min-tissue or check the slide"
         )
+        if dims[0] < window or dims[1] < window:
+            msg += (
+                f" (the {dims[0]}x{dims[1]} image is smaller than the {window} px window, so it is mostly padding: "
+                f"for patches use --window {min(dims)} or less, see the README's patch recipe)"
+            )
         raise TilingError(msg)
     work = out_dir / f"{sid}.partial"
     shutil.rmtree(work, ignore_errors=True)
