@@ -140,3 +140,12 @@ def test_fed_train_help_shows_the_held_out_fraction() -> None:
     assert "--test-fraction" in res.output
     assert "--heldout" in res.output
     assert "0.3" in res.output
+
+
+def test_train_prints_progress_lines_into_a_non_tty_log(tiles64: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["train", "--data", str(tiles64), "--model", "unet_tiny", "--epochs", "1",
+                              "--batch-size", "4", "--max-steps-per-epoch", "3", "--log-every", "1",
+                              "--runs", str(tmp_path)], terminal_width=200)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert [f"step {n:>6}" in res.output for n in (1, 2, 3)] == [True, True, True]
+    assert "held-out mean Dice" in res.output
