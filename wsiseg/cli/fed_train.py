@@ -144,13 +144,15 @@ def _finish(result: Any, cfg: Any) -> None:
 
     if result.stopped_early:
         console.print(f"[yellow]{result.stopped_early}[/]", highlight=False)
-    dice = result.final_metrics.get("paper", {}).get("dice") if result.final_metrics else None
-    dice_txt = f"{dice:.4f}" if isinstance(dice, float) else "-"
+    final = result.final_metrics or {}
+    mean, paper = final.get("mean_dice"), final.get("paper", {}).get("dice")
+    dice_txt = f"{mean:.4f}" if isinstance(mean, float) else "-"
+    dice_txt += f" (paper Dice {paper:.4f})" if isinstance(paper, float) else ""
     if result.epsilon is None:
-        console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out Dice {dice_txt}  "
+        console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out mean Dice {dice_txt}  "
                       "no differential privacy", highlight=False)  # fmt: skip
         return
-    console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out Dice {dice_txt}  "
+    console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out mean Dice {dice_txt}  "
                   f"epsilon {result.epsilon:.4g} at delta {cfg.delta:g} ({_level(cfg)})", highlight=False)  # fmt: skip
     warning = meaningful_warning(result.epsilon)
     if warning:
