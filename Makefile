@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.wsiseg-installed
 
-.PHONY: install demo test test-all lint bench
+.PHONY: install demo test test-all lint bench fault-table
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check wsiseg tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# docs/robustness.md: what every bad input and fault in tests/robustness gave (generated, not written by hand).
+fault-table: $(STAMP)
+	WSISEG_FAULT_TABLE=docs/robustness.md $(BIN)/python -m pytest -q tests/robustness
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow or integration or not slow"

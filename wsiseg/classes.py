@@ -7,6 +7,8 @@ WSSS4LUAD palette PNGs (0 tumor, 1 stroma, 2 normal, 3 background) are remapped 
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,6 +20,10 @@ __all__ = [
     "ClassInfo",
     "ClassTable",
 ]
+
+#: A class name becomes part of file names (``mask_prob_<name>.tif``), so it is a plain word: letters, digits,
+#: ``_``, ``-``, ``+`` and inner spaces, at most 64 characters; never ``..``, ``/`` or markup.
+_NAME = re.compile(r"[A-Za-z0-9_+-](?:[A-Za-z0-9_+ -]{0,62}[A-Za-z0-9_+-])?")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,13 @@ class ClassTable:
         if len({c.name for c in self.classes}) != len(ids):
             msg = "class names must be unique"
             raise ValueError(msg)
+        for c in self.classes:
+            if not isinstance(c.name, str) or not _NAME.fullmatch(c.name):
+                msg = f"class name {c.name!r} must be letters, digits, '_', '-', '+' or inner spaces (at most 64)"
+                raise ValueError(msg)
+            if len(c.color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c.color):
+                msg = f"class {c.name!r} colour {list(c.color)} must be three integers in 0..255"
+                raise ValueError(msg)
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -62,13 +75,29 @@ class ClassTable:
 
     @classmethod
     def from_list(cls, items: list[dict[str, Any]]) -> ClassTable:
-        """Build a table from ``to_list`` output."""
+        """Build a table from ``to_list`` output.
+
+        Raises:
+            ValueError: If an entry lacks a field or holds a bad id, name or colour.
+        """
+        if not isinstance(items, list) or not all(isinstance(d, dict) for d in items):
+            msg = "a class table is a list of {id, name, color} objects"
+            raise ValueError(msg)
         return cls(
             tuple(
-                ClassInfo(int(d["id"]), str(d["name"]), tuple(int(v) for v in d["color"]))  # type: ignore[arg-type]
+                ClassInfo(_int(d["id"]), str(d["name"]), tuple(_int(v) for v in d["color"]))  # type: ignore[arg-type]
                 for d in items
             )
         )
+
+
+def _int(value: Any) -> int:
+    """An integer from JSON (``3`` or ``3.0``), never a truncated float, bool or string."""
+    bad_float = isinstance(value, float) and not (math.isfinite(value) and value.is_integer())
+    if isinstance(value, bool) or not isinstance(value, int | float) or bad_float:
+        msg = f"{value!r} is not an integer"
+        raise ValueError(msg)
+    return int(value)
 
 
 DEFAULT_CLASSES = ClassTable(

@@ -106,10 +106,49 @@ def checked_kwargs(cls: type, data: dict[str, Any], what: str, tuples: tuple[str
         ConfigError: Unknown keys (the message names them and the known ones).
     """
     import dataclasses
+    import typing
 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         msg = f"unknown {what} settings {unknown}; known: {sorted(names)}"
         raise ConfigError(msg)
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        expected = _type_name(hints.get(key), value)
+        if expected:
+            msg = (
+                f"{what} setting {key} = {value!r} must be {expected}; fix it in the config file or on the command line"
+            )
+            raise ConfigError(msg)
     return {k: tuple(v) if k in tuples else v for k, v in data.items()}
+
+
+def _type_name(hint: Any, value: Any) -> str:
+    """``""`` when ``value`` fits the annotation ``hint`` (as TOML gives values), else what it must be."""
+    import types
+    import typing
+
+    if hint is None or hint is Any:
+        return ""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        wrong = [_type_name(h, value) for h in options]
+        return "" if "" in wrong else " or ".join(dict.fromkeys(wrong))
+    if hint is type(None):
+        return "" if value is None else "empty"
+    simple = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+    if hint in simple:
+        fits = {
+            bool: isinstance(value, bool),
+            int: isinstance(value, int) and not isinstance(value, bool),
+            float: isinstance(value, int | float) and not isinstance(value, bool),
+            str: isinstance(value, str),
+        }[hint]
+        return "" if fits else simple[hint]
+    if origin in (tuple, list):
+        return "" if isinstance(value, list | tuple) else "a list"
+    if origin is dict or hint is dict:
+        return "" if isinstance(value, dict) else "a table"
+    return ""

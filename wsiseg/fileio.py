@@ -14,7 +14,12 @@ from pathlib import Path
 
 from wsiseg.errors import DataError
 
-__all__ = ["atomic_output", "atomic_write_text", "default_mode", "private_dir"]
+__all__ = ["atomic_output", "atomic_write_text", "default_mode", "pixel_budget_problem", "private_dir"]
+
+#: Most pixels wsiseg decodes whole from one plain image or label image (1 Gpx: 3 GB as RGB); a header that
+#: declares more (a decompression bomb, or a slide saved as PNG) is refused before decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 30
+_BUDGET_ENV = "WSISEG_MAX_IMAGE_PIXELS"
 
 
 @contextmanager
@@ -66,3 +71,20 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
+
+
+def pixel_budget_problem(width: int, height: int, channels: int = 3) -> str | None:
+    """Say why an image of ``width`` x ``height`` is too big to decode whole, or return None when it fits.
+
+    The budget is :data:`DEFAULT_MAX_IMAGE_PIXELS`, or the ``WSISEG_MAX_IMAGE_PIXELS`` environment variable.
+    """
+    try:
+        budget = int(os.environ.get(_BUDGET_ENV, DEFAULT_MAX_IMAGE_PIXELS))
+    except ValueError:
+        budget = DEFAULT_MAX_IMAGE_PIXELS
+    pixels = int(width) * int(height)
+    if pixels <= budget:
+        return None
+    gigabytes = pixels * channels / 1e9
+    return (f"declares {width}x{height} pixels (about {gigabytes:.1f} GB to decode), over the budget of {budget} "
+            f"pixels; save it as a tiled pyramidal TIFF, or set {_BUDGET_ENV} higher if memory allows")  # fmt: skip

@@ -80,7 +80,7 @@ def test_replay_with_lr0_is_refused_and_an_identical_resend_gets_the_same_bytes(
 @pytest.mark.parametrize(
     ("ask", "policy", "match"),
     [
-        ({"sigma": 0.0}, {}, "below this site's --min-sigma"),
+        ({"sigma": 0.0}, {}, "below this site's --min-sigma|adds no noise"),  # zero noise: refused either way
         ({"sigma": 0.3}, {"min-sigma": "0.5"}, "below this site's --min-sigma"),
         ({"clip": 5.0}, {"max-clip": "1.0"}, "above this site's --max-clip"),
         ({"dp": "central"}, {}, "requires --dp local"),

@@ -28,7 +28,7 @@ def test_png_rgba_with_phys(tmp_path: Path) -> None:
         assert slide.dimensions == (300, 200)
         assert slide.level_count == 1
         assert slide.level_downsamples == (1.0,)
-        assert slide.mpp == pytest.approx((0.5, 0.5), rel=1e-3)
+        assert slide.mpp is None  # a PNG's DPI is a print setting, never read as microscope mpp (issue 18)
         assert slide.vendor is None
         assert slide.objective_power is None
         assert slide.associated_image_names == ()
@@ -50,12 +50,22 @@ def test_png_without_phys_has_no_mpp(tmp_path: Path) -> None:
         np.testing.assert_array_equal(slide.read_region((0, 0), 0, (40, 30)), _pattern(40, 30))
 
 
-def test_jpeg_dpi(tmp_path: Path) -> None:
-    jpg = tmp_path / "x.JPG"
-    Image.fromarray(_pattern(64, 64)).save(jpg, dpi=(10160, 10160), quality=95)
-    with open_slide(jpg) as slide:
-        assert slide.backend == "pillow"
-        assert slide.mpp == pytest.approx((2.5, 2.5))
+@pytest.mark.parametrize("dpi", [72, 96, 10160])
+def test_png_and_jpeg_dpi_is_never_mpp(tmp_path: Path, dpi: int) -> None:
+    """Issue 18: a 96 dpi PNG patch read as 264.58 um/px gave 11,784 mm^2 of tissue for 512 px."""
+    for name in ("x.JPG", "x.png"):
+        path = tmp_path / name
+        Image.fromarray(_pattern(64, 64)).save(path, dpi=(dpi, dpi))
+        with open_slide(path) as slide:
+            assert slide.backend == "pillow"
+            assert slide.mpp is None
+
+
+def test_tiff_print_resolution_is_not_mpp(tmp_path: Path) -> None:
+    tif = tmp_path / "editor.tif"
+    tifffile.imwrite(tif, _pattern(50, 40), resolution=(96, 96), resolutionunit="INCH")
+    with open_slide(tif, backend="pillow") as slide:
+        assert slide.mpp is None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from wsiseg import __version__
-from wsiseg.errors import WsisegError
+from wsiseg.errors import WsisegError, from_os_error
 
 __all__ = ["app", "main"]
 
@@ -48,12 +48,20 @@ def _root(
 
 
 def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a command so a ``WsisegError`` prints one red line and exits with its code."""
+    """Wrap a command so a ``WsisegError`` prints one red line and exits with its code.
+
+    This is the one place where an ``OSError`` (read-only file system, full disk, a file where a folder
+    should be, no permission...) becomes a :class:`~wsiseg.errors.StorageError` naming the path, the cause
+    and the fix (exit 9), for every command.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except OSError as err:
+                raise from_os_error(err) from err
         except WsisegError as err:
             if _STATE["debug"]:
                 raise

@@ -28,11 +28,16 @@ def export(
     """Write an overlay PNG, QuPath GeoJSON and a CSV of class areas for each mask."""
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from wsiseg.cli._console import batch_exit, console
-    from wsiseg.errors import ConfigError, WsisegError
+    from wsiseg.errors import ConfigError, WsisegError, from_os_error, is_fatal_storage_error
     from wsiseg.export.report import export_mask
 
+    if object_type not in {"annotation", "detection"} or not 0.0 <= alpha <= 1.0:
+        msg = (f"--as must be annotation or detection (got {object_type!r}) and --alpha in 0..1 (got {alpha}); "
+               "nothing was written")  # fmt: skip
+        raise ConfigError(msg)
     if slides is not None and not slides.is_dir():
         msg = f"--slides {slides}: no such folder; pass the folder that holds the slides named like the masks"
         raise ConfigError(msg)
@@ -48,9 +53,12 @@ def export(
         try:
             res = export_mask(mask, out, slide=src, min_area=min_area, geojson_mpp=geojson_mpp,
                               object_type=object_type, alpha=alpha, overlay_tiff=overlay_tiff)  # fmt: skip
-        except WsisegError as err:
+        except (WsisegError, OSError) as raw:
+            err = from_os_error(raw, out) if isinstance(raw, OSError) else raw
+            if is_fatal_storage_error(err):  # a full or read-only disk fails every later mask too: stop here
+                raise err from raw
             failed.append(err.exit_code)
-            console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]failed:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             continue
         if res.mpp_assumed:
             line = f"{mask.name}: areas use the mpp assumed at prediction (--slide-mpp), not one the slide records"
@@ -58,9 +66,9 @@ def export(
         areas = {r.class_name: r.area_mm2 for r in res.areas}
         tsr = next((r.tumor_stroma_ratio for r in res.areas if r.tumor_stroma_ratio is not None), None)
         table.add_row(
-            mask.name, str(res.n_features),
+            Text(mask.name), str(res.n_features),
             *[f"{areas[c]:.3f}" if areas.get(c) is not None else "-" for c in ("tumor", "stroma", "normal")],
-            f"{tsr:.2f}" if tsr is not None else "-", ", ".join(p.name for p in res.files),
+            f"{tsr:.2f}" if tsr is not None else "-", Text(", ".join(p.name for p in res.files)),
         )  # fmt: skip
     if table.row_count:
         console.print(table)

@@ -35,19 +35,32 @@ def predict(
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from wsiseg.cli._console import batch_exit, console, make_progress
     from wsiseg.cli._options import checkpoint_path
     from wsiseg.config import resolve_device
-    from wsiseg.errors import CheckpointError, ConfigError, DataError, WsisegError
-    from wsiseg.export.slide_mask import predict_to_tiff
+    from wsiseg.errors import (
+        CheckpointError,
+        ConfigError,
+        DataError,
+        StorageError,
+        WsisegError,
+        from_os_error,
+        is_fatal_storage_error,
+    )
+    from wsiseg.export.slide_mask import predict_to_tiff, prediction_done
     from wsiseg.inference.predictor import PredictSettings
     from wsiseg.tiling.batch import expand_sources
     from wsiseg.tiling.plan import ForcedMpp
-    from wsiseg.tiling.writer import slide_id_for
+    from wsiseg.tiling.writer import batch_ids
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
 
+    if batch_size < 1 or workers < 0:
+        msg = (f"--batch-size must be at least 1 (got {batch_size}) and --workers at least 0 "
+               f"(0 reads in this process; got {workers})")  # fmt: skip
+        raise ConfigError(msg)
     if override_mpp and slide_mpp is None:
         msg = "--override-mpp needs --slide-mpp VALUE (the um/px to use instead of the slide's own)"
         raise ConfigError(msg)
@@ -60,7 +73,7 @@ def predict(
             msg = f"no trained run under {runs}/ (need checkpoints/final.json); train first or pass --checkpoint"
             raise CheckpointError(msg)
         model = run / "checkpoints" / "final"
-        console.print(f"using the newest run's final checkpoint: {model}", highlight=False)
+        console.print(f"using the newest run's final checkpoint: {model}", highlight=False, markup=False)
     ckpt = load_checkpoint(model)
     net = ckpt.build_model()
     dev = resolve_device(device)
@@ -77,23 +90,36 @@ def predict(
     for col in ("slide", "mask", "size", "mpp", "windows", "s", "windows/s"):
         table.add_column(col)
     failed: list[int] = []
+    ids, clashes = batch_ids(sources)
     with make_progress("windows") as bar:
         task = bar.add_task("predict", total=None, rate="")
         for src in sources:
-            target = out if single else out / f"{slide_id_for(src)}.tif"
-            if target.exists() and not overwrite:
-                table.add_row(src.name, str(target), "exists", "", "", "", "")
-                continue
-            bar.reset(task, total=None, description=src.name)
+            target = out if single else out / f"{ids[src]}.tif"
+            bar.reset(task, total=None, description=escape(src.name))
             try:
+                if src in clashes:
+                    msg = (f"{src} and {clashes[src]} would both be predicted into {target}; "
+                           "rename one of them or predict them into separate --out folders")  # fmt: skip
+                    raise DataError(msg)
+                if not overwrite and prediction_done(target, src, classes, probs=probs):
+                    table.add_row(Text(src.name), Text(str(target)), "exists", "", "", "", "")
+                    continue
                 res = predict_to_tiff(
                     src, net, target, tiling=tiling, classes=classes, settings=settings, backend=backend,
                     slide_mpp=slide_mpp, ome=ome, probs=probs, provenance={"checkpoint": str(ckpt.path)},
                     progress=lambda d, t: bar.update(task, completed=d, total=t),
                 )  # fmt: skip
-            except WsisegError as err:
+            except (WsisegError, OSError) as raw:
+                err = from_os_error(raw, target) if isinstance(raw, OSError) else raw
+                if is_fatal_storage_error(err):
+                    if table.row_count:
+                        console.print(table)
+                    msg = (
+                        f"{err} (batch stopped; the masks finished before it are complete and kept; rerun to continue)"
+                    )
+                    raise StorageError(msg) from raw
                 failed.append(err.exit_code)
-                console.print(f"[bold red]failed:[/] {err}", highlight=False, soft_wrap=True)
+                console.print(f"[bold red]failed:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
                 continue
             mpp = f"{res.mask_mpp:.3f}" if res.mask_mpp else "-"
             if res.mpp_source in ("assumed", "override"):
@@ -105,7 +131,7 @@ def predict(
                 line = f"{src.name} records its own mpp; --slide-mpp {slide_mpp:g} was not used"
                 console.print(f"[yellow]note:[/] {escape(line)} (add --override-mpp to force it)", highlight=False)
             rate = res.windows / res.seconds if res.seconds else 0.0
-            table.add_row(src.name, str(res.mask), f"{res.width}x{res.height}", mpp,
+            table.add_row(Text(src.name), Text(str(res.mask)), f"{res.width}x{res.height}", mpp,
                           f"{res.windows}/{res.grid_windows}", f"{res.seconds:.1f}", f"{rate:.1f}")  # fmt: skip
     if table.row_count:
         console.print(table)

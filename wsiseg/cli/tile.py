@@ -39,15 +39,32 @@ def tile(
     sites: Annotated[Path | None, typer.Option(help="CSV with columns slide,site (e.g. a synth cohort.csv).")] = None,
     workers: Annotated[int, typer.Option(help="Reader processes per slide.")] = min(2, os.cpu_count() or 1),
     overwrite: Annotated[bool, typer.Option(help="Re-tile slides that are already done.")] = False,
+    max_window_mb: Annotated[
+        float, typer.Option(help="Refuse settings that need more memory per window (all workers) than this.")
+    ] = 1024.0,
 ) -> None:
     """Tile slides into tissue windows: 1000 px windows at stride 500, resized to 224 (the paper's grid)."""
+    from rich.markup import escape
+
     from wsiseg.cli._console import batch_exit, console, make_progress
-    from wsiseg.errors import DataError
+    from wsiseg.errors import ConfigError, DataError
     from wsiseg.tiling.batch import expand_sources, read_site_table, tile_many
-    from wsiseg.tiling.geometry import TilingConfig
+    from wsiseg.tiling.geometry import TilingConfig, window_memory_mb
     from wsiseg.tiling.plan import ForcedMpp
 
     config = TilingConfig(window, stride, size, mpp, min_tissue, resize, image_format)
+    if workers < 1:
+        msg = f"--workers must be at least 1 (reader processes per slide), got {workers}"
+        raise ConfigError(msg)
+    if slide_mpp is not None and not 0 < slide_mpp < float("inf"):
+        msg = f"--slide-mpp must be a positive number of um per pixel (about 0.25 at 40x), got {slide_mpp}"
+        raise ConfigError(msg)
+    need = window_memory_mb(config, workers)
+    if need > max_window_mb:
+        msg = (f"--size {size} needs about {need:,.0f} MB per window across {workers} worker(s), over "
+               f"--max-window-mb {max_window_mb:g} (and each tile takes minutes to encode); use a smaller --size "
+               "(the paper uses 224) or fewer --workers, or raise --max-window-mb if the memory is there")  # fmt: skip
+        raise ConfigError(msg)
     sources = expand_sources(slides)
     if not sources:
         msg = f"no slides found in {' '.join(slides)}; pass slide files, folders or globs"
@@ -62,7 +79,7 @@ def tile(
         def on_start(source: Path, index: int) -> None:
             finished[0] += current[0]
             current[0] = 0
-            bar.update(task, description=f"[{index + 1}/{len(sources)}] {source.name}")
+            bar.update(task, description=f"\\[{index + 1}/{len(sources)}] {escape(source.name)}")
 
         def on_progress(done: int, total: int) -> None:
             del total
@@ -80,13 +97,14 @@ def tile(
     _summary(outcomes, out, time.perf_counter() - started)
     failed = [o for o in outcomes if o.status == "failed"]
     for o in failed:
-        console.print(f"[bold red]failed:[/] {o.error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]failed:[/] {escape(o.error)}", highlight=False, soft_wrap=True)
     batch_exit([o.exit_code for o in failed], len(outcomes))
 
 
 def _summary(outcomes: list, out: Path, seconds: float) -> None:  # type: ignore[type-arg]
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from wsiseg.cli._console import console
 
@@ -96,12 +114,12 @@ def _summary(outcomes: list, out: Path, seconds: float) -> None:  # type: ignore
     for o in outcomes:
         e = o.entry
         if e is None:
-            table.add_row(o.source.name, "[red]failed", "", "", "", "", "", "", f"{o.seconds:.1f}")
+            table.add_row(Text(o.source.name), "[red]failed", "", "", "", "", "", "", f"{o.seconds:.1f}")
             continue
         mpp = f"{e.mpp:.3f}" if e.mpp else "-"
         table.add_row(
-            o.source.name, o.status, f"{e.dimensions[0]}x{e.dimensions[1]}", mpp, str(e.level),
-            str(e.n_windows), str(e.n_tiles), Path(e.mask_source).name if e.mask_source else "-",
+            Text(o.source.name), o.status, f"{e.dimensions[0]}x{e.dimensions[1]}", mpp, str(e.level),
+            str(e.n_windows), str(e.n_tiles), Text(Path(e.mask_source).name if e.mask_source else "-"),
             f"{o.seconds:.1f}",
         )  # fmt: skip
     console.print(table)

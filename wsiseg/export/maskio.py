@@ -23,6 +23,8 @@ from PIL import Image
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import DataError
+from wsiseg.fileio import pixel_budget_problem
+from wsiseg.tiling.label_images import DECODE_ERRORS, palette_to_ids, read_label_file
 
 __all__ = ["LabelMask", "mask_level_shapes", "read_label_mask"]
 
@@ -140,6 +142,11 @@ def _read_tiff(path: Path, level: int) -> LabelMask:
             raise DataError(msg)
         base_page = levels[0].keyframe
         meta = _tiff_metadata(tif, path)
+        shape = levels[level].shape
+        problem = pixel_budget_problem(shape[1], shape[0], channels=1) if len(shape) >= 2 else None
+        if problem:
+            msg = f"mask {path} level {level} {problem} (or pick a coarser level)"
+            raise DataError(msg)
         labels = _decode_labels(_as_labels(levels[level].asarray(), path), meta, path)
         classes, downsample = _parse_metadata(meta)
         factor = base_page.imagewidth / labels.shape[1]
@@ -187,9 +194,12 @@ def read_label_mask(path: str | os.PathLike[str], *, level: int = 0) -> LabelMas
         if level != 0:
             msg = f"{path} is not a pyramid; use level 0"
             raise DataError(msg)
-        with Image.open(path) as img:
-            return LabelMask(_as_labels(np.asarray(img), path), None, None, None)
-    except (OSError, tifffile.TiffFileError, ValueError) as err:
+        array, colors = read_label_file(path)
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        # the palette rule of `wsiseg tile`: a WSSS4LUAD palette PNG holds its indices, not our class ids
+        return LabelMask(_as_labels(palette_to_ids(array, colors, path, classes=None), path), None, None, None)
+    except DECODE_ERRORS as err:
         msg = f"cannot read label mask {path}: {err}; pass a TIFF or PNG label image"
         raise DataError(msg) from err
 
@@ -207,6 +217,6 @@ def mask_level_shapes(path: str | os.PathLike[str]) -> list[tuple[int, int]]:
                 return [tuple(int(v) for v in lvl.shape[:2]) for lvl in tif.series[0].levels]  # type: ignore[misc]
         with Image.open(path) as img:
             return [(img.height, img.width)]
-    except (OSError, tifffile.TiffFileError, ValueError) as err:
+    except DECODE_ERRORS as err:
         msg = f"cannot read label mask {path}: {err}; pass a TIFF or PNG label image"
         raise DataError(msg) from err

@@ -6,6 +6,8 @@ the pyramidal label writer and the optional per-class probability writers for th
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,13 +17,15 @@ import numpy as np
 from torch import nn
 
 from wsiseg.classes import ClassTable
-from wsiseg.export.sinks import StitchSink, open_prob_writers
-from wsiseg.export.tiff import MaskTiffWriter
+from wsiseg.errors import DataError
+from wsiseg.export.sinks import StitchSink, open_prob_writers, prob_map_paths
+from wsiseg.export.tiff import MaskTiffWriter, sidecar_path
 from wsiseg.inference.predictor import PredictPlan, PredictSettings
 from wsiseg.inference.slide import predict_slide
 from wsiseg.tiling.geometry import TilingConfig
+from wsiseg.tiling.writer import same_source
 
-__all__ = ["SlidePrediction", "predict_to_tiff"]
+__all__ = ["SlidePrediction", "predict_to_tiff", "prediction_done"]
 
 
 @dataclass
@@ -87,6 +91,33 @@ def predict_to_tiff(
     return SlidePrediction(out_path, geo.width, geo.height, res.plan.mask_mpp, len(res.plan.origins),
                            res.plan.n_grid, res.seconds, [w.path for w in opened[0].sink.probs],
                            res.plan.mpp_source)  # fmt: skip
+
+
+def prediction_done(target: Path, slide_path: Path, classes: ClassTable, *, probs: bool) -> bool:
+    """True when ``target`` is a finished prediction of ``slide_path`` (with its ``--probs`` maps if asked).
+
+    Scratch folders an interrupted run left next to ``target`` are removed, so a rerun repairs the batch: a
+    mask without its probability maps is predicted again.
+
+    Raises:
+        DataError: ``target`` holds the prediction of another slide (two inputs would share one output).
+    """
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{target.name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+    if not target.exists():
+        return False
+    try:
+        meta = json.loads(sidecar_path(target).read_text(encoding="utf-8"))
+        recorded = str(meta["provenance"]["slide"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # no or damaged sidecar: predict it again
+    if not same_source(recorded, slide_path):
+        msg = (f"{target} already holds the prediction of {recorded}, not of {slide_path}; use another --out, "
+               "rename the slide, or pass --overwrite to replace it")  # fmt: skip
+        raise DataError(msg)
+    return not probs or all(p.is_file() for p in prob_map_paths(target, classes))
 
 
 class _TiffOutputs:

@@ -64,6 +64,10 @@ def _source_for(path: Path) -> tuple[Path, bool]:
             )
             raise SlideError(msg)
         return dicoms[0], True
+    if not path.is_file():  # a FIFO would block the first read forever; /dev/zero never ends
+        msg = (f"{path} is not a regular file (a pipe, device or socket, or a link to one); "
+               "pass the slide file itself")  # fmt: skip
+        raise SlideError(msg)
     return path, False
 
 

@@ -6,10 +6,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from wsiseg.fileio import pixel_budget_problem
 from wsiseg.slide._common import BackendOpenError, crop_padded, pil_to_rgb, positive_float
 from wsiseg.slide.protocol import RGBArray
 
@@ -45,20 +45,27 @@ def image_format(source: Path) -> str | None:
         return None
 
 
+#: Largest um/px taken from TIFF resolution tags: microscope scans are about 0.1-10 um/px, while the 72-300 dpi
+#: that image editors write by default would read as 85-353 um/px.
+MAX_TAG_MPP = 50.0
+
+
 def _mpp(image: Image.Image) -> tuple[float, float] | None:
-    """Return µm per pixel from TIFF resolution tags or PNG/JPEG density, or None."""
-    if image.format == "TIFF":
-        tags = getattr(image, "tag_v2", {})
-        unit = tags.get(296, _TIFF_INCH)
-        res = (positive_float(tags.get(282)), positive_float(tags.get(283)))
-        per_unit = {_TIFF_INCH: _UM_PER_INCH, _TIFF_CM: 10_000.0}.get(unit)
-    else:
-        dpi: Any = image.info.get("dpi") or (None, None)
-        res = (positive_float(dpi[0]), positive_float(dpi[1]))
-        per_unit = _UM_PER_INCH
+    """Return µm per pixel from TIFF resolution tags, or None.
+
+    PNG/JPEG density (DPI) is a print setting, never a microscope resolution, so it is never read; TIFF tags
+    count only in inch or centimetre units and in the microscope range (at most :data:`MAX_TAG_MPP`).
+    """
+    if image.format != "TIFF":
+        return None
+    tags = getattr(image, "tag_v2", {})
+    unit = tags.get(296, _TIFF_INCH)
+    res = (positive_float(tags.get(282)), positive_float(tags.get(283)))
+    per_unit = {_TIFF_INCH: _UM_PER_INCH, _TIFF_CM: 10_000.0}.get(unit)
     if per_unit is None or res[0] is None or res[1] is None:
         return None
-    return (per_unit / res[0], per_unit / res[1])
+    mpp = (per_unit / res[0], per_unit / res[1])
+    return mpp if max(mpp) <= MAX_TAG_MPP else None
 
 
 class PillowBackend:
@@ -82,6 +89,9 @@ class PillowBackend:
             raise BackendOpenError(self.name, "not an image", kind="unknown") from err
         except OSError as err:
             raise BackendOpenError(self.name, f"unreadable image ({err})", kind="corrupt") from err
+        too_big = pixel_budget_problem(*size)
+        if too_big:
+            raise BackendOpenError(self.name, f"the image {too_big}", kind="unsupported")
         if fmt not in _FORMATS:
             reason = f"{fmt} images are not supported (use PNG, JPEG or TIFF)"
             raise BackendOpenError(self.name, reason, kind="unsupported")

@@ -1,4 +1,4 @@
-"""Annotations -> label images: QuPath GeoJSON, ASAP XML and label PNG/TIFFs.
+"""Annotations -> label images: QuPath GeoJSON, ASAP XML (and, re-exported from ``label_images``, label PNG/TIFFs).
 
 All functions are pure: they return a ``(H, W)`` uint8 label image at a chosen downsample of the slide's
 level 0, with our class ids (0 = background, everywhere nothing is drawn).
@@ -20,28 +20,26 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-import tifffile
-from PIL import Image
 
-from wsiseg.classes import DEFAULT_CLASSES, WSSS4LUAD_PALETTE_REMAP, ClassTable
+from wsiseg.classes import DEFAULT_CLASSES, ClassTable
 from wsiseg.errors import DataError
+from wsiseg.tiling.label_images import LabelPalette, load_label_image, palette_to_ids, read_label_file
 
 __all__ = [
     "LabelPalette",
     "fill_polygon",
     "label_shape",
     "load_label_image",
+    "palette_to_ids",
     "rasterize_asap_xml",
     "rasterize_geojson",
+    "read_label_file",
 ]
 
 Rings = Sequence[np.ndarray]
-#: Label image conventions of ``load_label_image``.
-LabelPalette = Literal["auto", "wsss4luad", "ids"]
-_WSSS4LUAD_COLORS = [(0, 64, 128), (64, 128, 0), (243, 152, 0)]
 _ASAP_AREA_TYPES = {"polygon", "spline", "rectangle"}
 
 
@@ -141,29 +139,75 @@ def _classification_name(props: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _polygons(geometry: Mapping[str, Any] | None) -> Iterator[list[Any]]:
-    """Yield the ring lists of every Polygon in a GeoJSON geometry (points and lines are skipped)."""
+def _polygons(geometry: Any, where: str) -> Iterator[list[Any]]:
+    """Yield the ring lists of every Polygon in a GeoJSON geometry (points and lines are skipped).
+
+    Raises:
+        DataError: The geometry is not an object, or a polygon's ``coordinates`` are missing or not lists.
+    """
     if not geometry:
         return
+    if not isinstance(geometry, Mapping):
+        msg = f"{where}: geometry must be an object with 'type' and 'coordinates', got {type(geometry).__name__}"
+        raise DataError(msg)
     kind = geometry.get("type")
-    if kind == "Polygon":
-        yield geometry["coordinates"]
-    elif kind == "MultiPolygon":
-        yield from geometry["coordinates"]
+    if kind in {"Polygon", "MultiPolygon"}:
+        coords = geometry.get("coordinates")
+        depth = 3 if kind == "Polygon" else 4
+        if not _nested_lists(coords, depth - 1):
+            msg = (f"{where}: a {kind} needs 'coordinates' as {'[' * depth}x, y{']' * depth} lists, "
+                   f"got {_describe(coords)}; re-export the GeoJSON")  # fmt: skip
+            raise DataError(msg)
+        yield from [coords] if kind == "Polygon" else coords  # type: ignore[misc]
     elif kind == "GeometryCollection":
-        for part in geometry.get("geometries", []):
-            yield from _polygons(part)
+        parts = geometry.get("geometries", [])
+        if not isinstance(parts, list):
+            msg = f"{where}: a GeometryCollection needs 'geometries' as a list, got {_describe(parts)}"
+            raise DataError(msg)
+        for part in parts:
+            yield from _polygons(part, where)
+    elif not isinstance(kind, str):
+        msg = f"{where}: geometry 'type' must be a GeoJSON type name, got {_describe(kind)}"
+        raise DataError(msg)
 
 
-def _features(obj: Any) -> list[Mapping[str, Any]]:
+def _nested_lists(value: Any, depth: int) -> bool:
+    """True when ``value`` is a list (or tuple) whose items are lists ``depth - 1`` levels further down."""
+    if not isinstance(value, list | tuple):
+        return False
+    return depth <= 1 or all(_nested_lists(v, depth - 1) for v in value)
+
+
+def _describe(value: Any) -> str:
+    text = "missing" if value is None else f"{type(value).__name__} {json.dumps(value, default=str)[:40]}"
+    return text
+
+
+def _features(obj: Any, label: str) -> list[Any]:
     if isinstance(obj, list):
         return obj
     if isinstance(obj, Mapping) and obj.get("type") == "FeatureCollection":
-        return list(obj.get("features", []))
+        features = obj.get("features", [])
+        if not isinstance(features, list):
+            msg = f"{label}: 'features' must be a list, got {_describe(features)}; re-export the GeoJSON"
+            raise DataError(msg)
+        return features
     if isinstance(obj, Mapping) and obj.get("type") == "Feature":
         return [obj]
-    msg = "GeoJSON must be a FeatureCollection, a Feature or a list of Features"
+    msg = f"{label}: GeoJSON must be a FeatureCollection, a Feature or a list of Features"
     raise DataError(msg)
+
+
+def _feature_parts(feature: Any, where: str) -> tuple[Mapping[str, Any], list[list[Any]]]:
+    """A feature's properties and polygons, after checking its structure."""
+    if not isinstance(feature, Mapping):
+        msg = f"{where}: a feature must be an object, got {_describe(feature)}; re-export the GeoJSON"
+        raise DataError(msg)
+    props = feature.get("properties") or {}
+    if not isinstance(props, Mapping):
+        msg = f"{where}: 'properties' must be an object, got {_describe(props)}"
+        raise DataError(msg)
+    return props, list(_polygons(feature.get("geometry"), where))
 
 
 def rasterize_geojson(
@@ -195,17 +239,16 @@ def rasterize_geojson(
         label = str(source)
         try:
             source = _load_json(Path(source))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             msg = f"cannot read GeoJSON {label}: {err}; export it from QuPath as GeoJSON"
             raise DataError(msg) from err
     out = np.zeros(label_shape(level0_size, downsample), dtype=np.uint8)
     lookup = _class_lookup(classes, class_map)
-    for i, feature in enumerate(_features(source)):
-        props = feature.get("properties") or {}
-        polys = list(_polygons(feature.get("geometry")))
+    for i, feature in enumerate(_features(source, label)):
+        where = f"{label} feature {i}"
+        props, polys = _feature_parts(feature, where)
         if not polys:
             continue
-        where = f"{label} feature {i}"
         class_id = _class_id(_classification_name(props), lookup, where)
         for rings in polys:
             _paint(out, [_ring(r, downsample, where) for r in rings], class_id)
@@ -232,13 +275,29 @@ def _load_json(path: Path) -> Any:
         return json.load(fh)
 
 
-def _asap_coordinates(annotation: ET.Element) -> np.ndarray:
+def _asap_coordinates(annotation: ET.Element, where: str) -> np.ndarray:
+    """The ``(n, 2)`` vertices of an ASAP annotation in ``Order``.
+
+    Raises:
+        DataError: A ``Coordinate`` with a missing or non-numeric ``X``/``Y``, or a non-integer ``Order``.
+    """
     coords: list[tuple[int, float, float]] = []
-    for c in annotation.iter("Coordinate"):
-        order = int(c.get("Order", len(coords)))
-        x = float(c.get("X", "nan").replace(",", "."))
-        y = float(c.get("Y", "nan").replace(",", "."))
-        coords.append((order, x, y))
+    for k, c in enumerate(annotation.iter("Coordinate")):
+        at = f"{where} <Coordinate> {k}"
+        try:
+            order = int(c.get("Order", len(coords)))
+        except ValueError:
+            msg = f"{at}: Order={c.get('Order')!r} is not an integer; fix or re-export the ASAP XML"
+            raise DataError(msg) from None
+        xy = []
+        for axis in ("X", "Y"):
+            text = c.get(axis)
+            try:
+                xy.append(float((text or "").replace(",", ".")))
+            except ValueError:
+                msg = f"{at}: {axis}={text!r} is not a number; fix or re-export the ASAP XML"
+                raise DataError(msg) from None
+        coords.append((order, xy[0], xy[1]))
     coords.sort(key=lambda t: t[0])
     return np.array([(x, y) for _, x, y in coords], dtype=np.float64).reshape(-1, 2)
 
@@ -284,95 +343,11 @@ def rasterize_asap_xml(
     for i, ann in enumerate(root.iter("Annotation")):
         if ann.get("Type", "Polygon").lower() not in _ASAP_AREA_TYPES:
             continue
-        xy = _asap_coordinates(ann)
+        where = f"{path} <Annotation> {i} ({ann.get('Name')})"
+        xy = _asap_coordinates(ann, where)
         if len(xy) < 3 or not np.isfinite(xy).all():
             continue
         name = ann.get("PartOfGroup") or ann.get("Name")
-        class_id = _class_id(name, lookup, f"{path} annotation {i} ({ann.get('Name')})")
+        class_id = _class_id(name, lookup, where)
         _paint(out, [xy / downsample], class_id)
     return out
-
-
-def _read_label_file(path: Path) -> tuple[np.ndarray, list[tuple[int, int, int]] | None]:
-    """Decode a label PNG/TIFF: ``(array, first palette colours or None)``."""
-    if path.suffix.lower() in {".tif", ".tiff"}:
-        return tifffile.imread(path, key=0), None
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # label images of whole slides are legitimately huge
-    try:
-        with Image.open(path) as img:
-            colors = None
-            if img.mode == "P":
-                pal = img.getpalette() or []
-                colors = [(pal[i], pal[i + 1], pal[i + 2]) for i in range(0, min(len(pal), 9), 3)]
-            return np.asarray(img), colors
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-
-
-def _check_downsample(path: Path, shape: tuple[int, ...], level0_size: tuple[int, int]) -> float:
-    lh, lw = shape[:2]
-    w, h = (int(v) for v in level0_size)
-    d = round(w / lw) if lw else 0
-    fits = d >= 1 and lw in {w // d, -(-w // d)} and lh in {h // d, -(-h // d)}
-    if not fits:
-        msg = (
-            f"label image {path} is {lw}x{lh} px, not an integer downsample of the slide's {w}x{h} level 0; "
-            f"save it at the slide size divided by 1, 2, 4, ..."
-        )
-        raise DataError(msg)
-    return float(d)
-
-
-def load_label_image(
-    path: str | os.PathLike[str],
-    *,
-    level0_size: tuple[int, int],
-    palette: LabelPalette = "auto",
-    classes: ClassTable = DEFAULT_CLASSES,
-) -> tuple[np.ndarray, float]:
-    """Load a label PNG/TIFF whose size is an integer downsample of the slide.
-
-    Args:
-        path: Single-channel label image (palette ``P``, greyscale, or a one-page TIFF).
-        level0_size: Slide level-0 ``(width, height)``.
-        palette: ``"wsss4luad"``: values are WSSS4LUAD indices (0 tumor, 1 stroma, 2 normal,
-            3 background), remapped with ``WSSS4LUAD_PALETTE_REMAP``; ``"ids"``: values are our class ids;
-            ``"auto"``: WSSS4LUAD when the PNG palette starts with its colours, else ids.
-        classes: Class table the ids must fit.
-
-    Returns:
-        ``(labels, downsample)``: uint8 class ids and level-0 pixels per label pixel.
-
-    Raises:
-        DataError: If the file is unreadable, not single-channel, not an integer downsample of the
-            slide, or holds ids outside the class table.
-    """
-    path = Path(path)
-    try:
-        array, colors = _read_label_file(path)
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        msg = f"cannot read label image {path}: {err}; pass a PNG or TIFF label image"
-        raise DataError(msg) from err
-    if array.ndim != 2 or array.dtype.kind not in "biu":
-        msg = (
-            f"label image {path} has shape {array.shape} and dtype {array.dtype}; it must be a "
-            "single-channel integer image (palette or greyscale PNG, one-page TIFF)"
-        )
-        raise DataError(msg)
-    downsample = _check_downsample(path, array.shape, level0_size)
-    wsss = palette == "wsss4luad" or (palette == "auto" and colors == _WSSS4LUAD_COLORS)
-    values = np.unique(array)
-    if wsss:
-        if values.min() < 0 or values.max() >= len(WSSS4LUAD_PALETTE_REMAP):
-            msg = f"WSSS4LUAD label image {path} holds values {values.tolist()}; expected 0..3"
-            raise DataError(msg)
-        return WSSS4LUAD_PALETTE_REMAP[array], downsample
-    bad = values[(values < 0) | (values >= len(classes))]
-    if bad.size:
-        msg = (
-            f"label image {path} holds ids {bad.tolist()} outside the class table 0..{len(classes) - 1} "
-            f"({', '.join(classes.names)}); use palette='wsss4luad' or remap the image"
-        )
-        raise DataError(msg)
-    return array.astype(np.uint8), downsample

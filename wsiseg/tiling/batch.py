@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import cast
 
 from wsiseg.classes import DEFAULT_CLASSES, ClassTable
-from wsiseg.errors import DataError, TilingError, WsisegError
+from wsiseg.errors import DataError, StorageError, TilingError, WsisegError, from_os_error, is_fatal_storage_error
 from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.manifest import MANIFEST_NAME, SlideEntry, write_manifest
-from wsiseg.tiling.writer import LabelSource, slide_id_for, tile_slide
+from wsiseg.tiling.writer import LabelSource, batch_ids, same_source, tile_slide
 
 __all__ = [
     "SLIDE_SUFFIXES",
@@ -181,41 +181,95 @@ def tile_many(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, config, overwrite)
+    _remove_scratch(out_dir)
+    ids, clashes = batch_ids(sources)
     outcomes: list[SlideOutcome] = []
     for index, source in enumerate(sources):
         if on_start:
             on_start(source, index)
         start = time.perf_counter()
-        sid = slide_id_for(source)
+        sid = ids[source]
         label_file = find_label_file(source, masks_dir) if use_masks else None
-        old = _existing(out_dir, sid)
-        if old is not None and not overwrite:
-            same = old.settings == config.to_dict() and Path(old.source).name == source.name
-            if same and old.mask_source == (str(label_file) if label_file else ""):
-                outcomes.append(SlideOutcome(source, "skipped", old))
-                continue
         try:
-            if not source.exists():
-                from wsiseg.errors import SlideError
-
-                msg = f"{source}: no such file or folder; check the path"
-                raise SlideError(msg)
-            labels = None
-            if label_file is not None:
-                from wsiseg.slide import open_slide
-
-                with open_slide(source, backend=backend) as probe:
-                    dims = probe.dimensions
-                labels = load_labels(label_file, dims, classes, palette)
-            slide_site = (sites or {}).get(source.name, site)
-            entry = tile_slide(source, out_dir, config, labels=labels, backend=backend, slide_mpp=slide_mpp,
-                               site=slide_site, workers=workers, progress=progress)  # fmt: skip
+            if source in clashes:
+                msg = (f"{source} and {clashes[source]} would both be tiled into {out_dir / sid}; "
+                       "rename one of them or tile them into separate --out folders")  # fmt: skip
+                raise TilingError(msg)
+            old = _existing(out_dir, sid)
+            if old is not None and not same_source(old.source, source):
+                if not overwrite:
+                    msg = (f"{out_dir / sid} already holds the tiles of {old.source}, not of {source}; "
+                           "use another --out, rename the slide, or pass --overwrite to replace them")  # fmt: skip
+                    raise TilingError(msg)
+            elif old is not None and not overwrite:
+                same = old.settings == config.to_dict()
+                if same and old.mask_source == (str(label_file) if label_file else ""):
+                    outcomes.append(SlideOutcome(source, "skipped", old))
+                    continue
+            entry = _tile_one(source, out_dir, config, sid, label_file, classes, palette, backend, slide_mpp,
+                              (sites or {}).get(source.name, site), workers, progress)  # fmt: skip
             outcomes.append(SlideOutcome(source, "tiled", entry, seconds=time.perf_counter() - start))
-        except WsisegError as err:
+            _rewrite_manifest(out_dir, config, classes)  # a kill -9 later never leaves a done slide unlisted
+        except (WsisegError, OSError) as raw:
+            err = from_os_error(raw, out_dir) if isinstance(raw, OSError) else raw
+            if is_fatal_storage_error(err):
+                _stop_batch(out_dir, config, classes, outcomes, err)
             outcomes.append(SlideOutcome(source, "failed", error=str(err), seconds=time.perf_counter() - start,
                                          exit_code=err.exit_code))  # fmt: skip
     _rewrite_manifest(out_dir, config, classes)
     return outcomes
+
+
+def _tile_one(
+    source: Path,
+    out_dir: Path,
+    config: TilingConfig,
+    sid: str,
+    label_file: Path | None,
+    classes: ClassTable,
+    palette: str,
+    backend: str,
+    slide_mpp: float | None,
+    site: str,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> SlideEntry:
+    if not source.exists():
+        from wsiseg.errors import SlideError
+
+        msg = f"{source}: no such file or folder; check the path"
+        raise SlideError(msg)
+    labels = None
+    if label_file is not None:
+        from wsiseg.slide import open_slide
+
+        with open_slide(source, backend=backend) as probe:
+            dims = probe.dimensions
+        labels = load_labels(label_file, dims, classes, palette)
+    return tile_slide(source, out_dir, config, labels=labels, backend=backend, slide_mpp=slide_mpp, site=site,
+                      workers=workers, progress=progress, sid=sid)  # fmt: skip
+
+
+def _remove_scratch(out_dir: Path) -> None:
+    """Remove ``<id>.partial`` folders an interrupted run (kill -9, power loss) left behind."""
+    import shutil
+
+    for child in out_dir.iterdir():
+        if child.name.endswith(".partial") and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _stop_batch(
+    out_dir: Path, config: TilingConfig, classes: ClassTable, outcomes: list[SlideOutcome], err: WsisegError
+) -> None:
+    """End a batch on a fault every later slide would hit (full or read-only disk), keeping what is done."""
+    import contextlib
+
+    with contextlib.suppress(OSError, WsisegError):
+        _rewrite_manifest(out_dir, config, classes)
+    done = sum(o.status in {"tiled", "skipped"} for o in outcomes)
+    msg = f"{err} (batch stopped: {done} of the slides before it are complete and kept; rerun to continue)"
+    raise StorageError(msg) from err
 
 
 def _check_settings(out_dir: Path, config: TilingConfig, overwrite: bool) -> None:
@@ -241,4 +295,5 @@ def _rewrite_manifest(out_dir: Path, config: TilingConfig, classes: ClassTable) 
             entry = _existing(out_dir, child.name)
             if entry is not None and TilingConfig.from_dict(entry.settings) == config:
                 entries.append(entry)
-    write_manifest(out_dir, config, classes, entries)
+    if entries or (out_dir / MANIFEST_NAME).exists():  # a run that tiled nothing leaves no empty dataset behind
+        write_manifest(out_dir, config, classes, entries)

@@ -20,6 +20,7 @@ __all__ = [
     "grid_positions",
     "window_grid",
     "window_level0",
+    "window_memory_mb",
 ]
 
 #: Resize kernels by name (Pillow filters). The name is stored in every manifest and checkpoint card.
@@ -143,3 +144,14 @@ def choose_level(downsamples: Sequence[float], window: int, size: int) -> tuple[
             best = level
     read = max(1, round(window / downsamples[best]))
     return best, read
+
+
+def window_memory_mb(config: TilingConfig, workers: int = 1) -> float:
+    """Estimate the memory of one window in flight per worker, in MB, for a refusal before a huge job.
+
+    A window is read at up to twice the tile size (the level read before resizing), then resized and encoded
+    as an RGB tile; each worker holds about three such RGB buffers (read, resized, encoded) at a time.
+    """
+    read = 2 * config.size
+    per_worker = (read * read + 2 * config.size * config.size) * 3
+    return per_worker * max(1, workers) / 1e6

@@ -199,13 +199,13 @@ def load_manifest(root: str | Path) -> Manifest:
         raise DataError(msg)
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             msg = f"{mpath}: not a wsiseg tile manifest"
             raise DataError(msg)
         config = TilingConfig.from_dict(data["settings"])
         classes = ClassTable.from_list(data["classes"]) if data.get("classes") else DEFAULT_CLASSES
         slides = [SlideEntry.from_dict(s) for s in data["slides"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         msg = f"{mpath}: corrupt manifest ({err}); re-run `wsiseg tile --overwrite`"
         raise DataError(msg) from err
     records = read_tiles_csv(path / "tiles.csv")

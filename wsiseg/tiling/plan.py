@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wsiseg.errors import ConfigError
 from wsiseg.slide import Slide
 from wsiseg.tiling.geometry import TilingConfig, choose_level, window_grid, window_level0
-from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, tissue_fractions, tissue_mask
+from wsiseg.tiling.tissue import TISSUE_THUMBNAIL, stain_check, tissue_fractions, tissue_mask
 
 __all__ = ["ForcedMpp", "WindowPlan", "mpp_in_use", "plan_windows"]
 
@@ -61,6 +62,7 @@ class WindowPlan:
         thumb: The tissue-detection thumbnail (RGB).
         tissue: Its tissue mask.
         thumb_downsample: Level-0 pixels per thumbnail pixel.
+        stain_note: A warning when the slide does not look like H&E (see :func:`stain_check`), else ``""``.
         mpp_source: Where ``mpp`` comes from (see :func:`mpp_in_use`).
     """
 
@@ -75,6 +77,7 @@ class WindowPlan:
     thumb: np.ndarray
     tissue: np.ndarray
     thumb_downsample: float
+    stain_note: str = ""
     mpp_source: str = "unknown"
 
     @property
@@ -98,8 +101,11 @@ def plan_windows(
         The plan (an empty :attr:`WindowPlan.kept` when no window has enough tissue).
 
     Raises:
-        ConfigError: The settings define windows in um and the slide has no mpp.
+        ConfigError: The settings define windows in um and the slide has no mpp, or ``slide_mpp`` is not positive.
     """
+    if slide_mpp is not None and not 0 < slide_mpp < float("inf"):
+        msg = f"--slide-mpp must be a positive number of um per pixel (about 0.25 at 40x), got {slide_mpp}"
+        raise ConfigError(msg)
     mpp, mpp_source = mpp_in_use(slide.mpp[0] if slide.mpp else None, slide_mpp)
     window0, stride0 = window_level0(config, mpp)
     level, read = choose_level(slide.level_downsamples, window0, config.size)
@@ -110,4 +116,4 @@ def plan_windows(
     fractions = [float(f) for f in tissue_fractions(tissue, ds, grid, window0)]
     threshold = config.min_tissue if min_tissue is None else min_tissue
     return WindowPlan(window0, stride0, level, read, mpp, list(grid), fractions, threshold, thumb, tissue, ds,
-                      mpp_source)  # fmt: skip
+                      stain_check(thumb, tissue), mpp_source)  # fmt: skip

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["TISSUE_THUMBNAIL", "otsu_threshold", "tissue_fractions", "tissue_mask"]
+__all__ = ["TISSUE_THUMBNAIL", "otsu_threshold", "stain_check", "tissue_fractions", "tissue_mask"]
 
 #: Longest side of the thumbnail used for tissue detection (tiling and prediction use the same one).
 TISSUE_THUMBNAIL = 1024
@@ -70,6 +70,41 @@ def tissue_mask(thumbnail: np.ndarray, *, min_area_fraction: float = 1e-4) -> np
         keep[0] = False
         mask = keep[labels]
     return mask
+
+
+#: Pillow HSV hue (0-255 for 0-360 degrees) of H&E: purple haematoxylin through pink eosin (about 240-370 deg).
+_HE_HUE = (170, 8)
+#: Below this value (0-255) a pixel is dark: brightfield glass is bright, fluorescence background is black.
+_DARK = 60
+
+
+def stain_check(thumbnail: np.ndarray, tissue: np.ndarray) -> str:
+    """Warn when an image does not look like brightfield H&E (fluorescence, IHC/DAB, other stains).
+
+    Two checks on the tissue-detection thumbnail: most of the image is dark (a fluorescence or dark-field
+    scan, whose black background can pass for tissue), or under half of the tissue pixels have an H&E hue
+    (purple to pink; DAB brown and other stains fall outside).
+
+    Args:
+        thumbnail: RGB uint8 ``(h, w, 3)``.
+        tissue: Its boolean tissue mask.
+
+    Returns:
+        A one-line warning, or ``""`` when the image looks like H&E.
+    """
+    hsv = np.asarray(Image.fromarray(thumbnail).convert("HSV"))
+    dark = float((hsv[..., 2] < _DARK).mean())
+    if dark > 0.5:
+        return (f"{dark:.0%} of the image is dark: this looks like a fluorescence or dark-field scan, not "
+                "brightfield H&E; models trained on H&E will not give meaningful results")  # fmt: skip
+    hue = hsv[..., 0][tissue]
+    if hue.size < 50:
+        return ""
+    he = float(((hue >= _HE_HUE[0]) | (hue <= _HE_HUE[1])).mean())
+    if he < 0.5:
+        return (f"only {he:.0%} of the tissue has an H&E hue (purple to pink): this looks like another stain "
+                "(IHC/DAB, special stain); check the slide, results of H&E models will not be meaningful")  # fmt: skip
+    return ""
 
 
 def tissue_fractions(

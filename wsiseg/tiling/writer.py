@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from wsiseg.tiling.manifest import SlideEntry, TileRecord, write_tiles_csv
 from wsiseg.tiling.plan import plan_windows
 from wsiseg.tiling.window import read_window
 
-__all__ = ["LabelSource", "crop_labels", "slide_id_for", "tile_slide"]
+__all__ = ["LabelSource", "batch_ids", "crop_labels", "same_source", "slide_id_for", "tile_slide"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,68 @@ def slide_id_for(path: Path) -> str:
             break
     else:
         stem = path.name if path.is_dir() else path.stem
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("_.") or "slide"
+    return _safe(stem)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "slide"
+
+
+def batch_ids(sources: Sequence[Path]) -> tuple[dict[Path, str], dict[Path, Path]]:
+    """Give every source of a batch its own output id, so no two inputs can write one output.
+
+    A source is named by :func:`slide_id_for` (``siteA/slide.svs`` -> ``slide``) unless another source of the
+    batch gets the same id. Then each of those sources is named by its path relative to their common folder,
+    folders joined by ``__`` (``siteA/slide.svs``, ``siteB/slide.svs`` -> ``siteA__slide``, ``siteB__slide``),
+    and, if that is still not unique, with its extension too (``case1.svs``, ``case1.png`` -> ``case1_svs``,
+    ``case1_png``). Sources that still share an id are returned as clashes, to be refused by name.
+
+    Returns:
+        ``(ids, clashes)``: an id per source, and for each source that cannot be named apart, the other source.
+    """
+    ids = {src: slide_id_for(src) for src in sources}
+    groups: dict[str, list[Path]] = {}
+    for src, sid in ids.items():
+        groups.setdefault(sid, []).append(src)
+    clashes: dict[Path, Path] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        absolute = [m.absolute() for m in members]
+        root = Path(os.path.commonpath([a.parent for a in absolute]))
+        rel = [a.relative_to(root) for a in absolute]
+        for with_ext in (False, True):
+            names = [
+                _safe("__".join((*r.parent.parts, r.name.replace(".", "_") if with_ext else slide_id_for(a))))
+                for r, a in zip(rel, absolute, strict=True)
+            ]
+            if len(set(names)) == len(names):
+                break
+        seen: dict[str, Path] = {}
+        for src, name in zip(members, names, strict=True):
+            ids[src] = name
+            if name in seen:
+                clashes[src] = seen[name]
+                clashes.setdefault(seen[name], src)
+            else:
+                seen[name] = src
+    owner: dict[str, Path] = {}
+    for src, sid in ids.items():  # a new name may meet another slide's plain one (``siteA__slide.svs``)
+        if sid in owner and src not in clashes:
+            clashes[src] = owner[sid]
+            clashes.setdefault(owner[sid], src)
+        owner.setdefault(sid, src)
+    return ids, clashes
+
+
+def same_source(recorded: str, source: Path) -> bool:
+    """True when an output's recorded source path is ``source`` (as given, or the same file resolved)."""
+    if recorded == str(source):
+        return True
+    try:
+        return Path(recorded).resolve() == source.resolve()
+    except (OSError, RuntimeError):
+        return False
 
 
 def crop_labels(source: LabelSource, x: int, y: int, window: int, size: int) -> np.ndarray:
@@ -132,6 +194,7 @@ def tile_slide(
     site: str = "",
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    sid: str | None = None,
 ) -> SlideEntry:
     """Tile one slide into ``out_dir/<slide id>/`` and return its manifest entry.
 
@@ -145,6 +208,7 @@ def tile_slide(
         site: Site name stored with every tile (for federated partitions).
         workers: Reader processes (1 reads in this process).
         progress: Called with ``(done, total)`` windows as chunks finish.
+        sid: The output id (default :func:`slide_id_for`; a batch passes :func:`batch_ids`).
 
     Returns:
         The slide's entry (also written to ``<id>/slide.json``).
@@ -155,14 +219,17 @@ def tile_slide(
         TilingError: If no window has enough tissue or writing fails.
     """
     slide = open_slide(source, backend=backend)
-    sid = slide_id_for(source)
+    sid = sid or slide_id_for(source)
     plan = plan_windows(slide, config, slide_mpp=slide_mpp)
     mpp, window, stride, level, read = plan.mpp, plan.window0, plan.stride0, plan.level, plan.read
     dims = slide.dimensions
     thumb, tissue, ds, origins, keep = plan.thumb, plan.tissue, plan.thumb_downsample, plan.grid, plan.kept
-    note = ""
+    notes = [plan.stain_note] if plan.stain_note else []
+    if mpp is None:
+        notes.append("no scanner mpp (windows are in pixels, areas unknown); pass --slide-mpp if you know it")
     if dims[0] < window or dims[1] < window:
-        note = f"image {dims[0]}x{dims[1]} is smaller than the {window} px window: padded with white background"
+        notes.append(f"image {dims[0]}x{dims[1]} is smaller than the {window} px window: padded with white background")
+    note = "; ".join(notes)
     if not keep:
         msg = (
             f"{source}: no window has at least {config.min_tissue:.0%} tissue "

@@ -97,8 +97,14 @@ class ModelCard:
             spec = data["model"]
             model = ModelSpec(str(spec["name"]), dict(spec.get("args", {})))
             classes, tiling = list(data.get("classes", [])), dict(data.get("tiling", {}))
-        except (KeyError, TypeError, AttributeError) as err:
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             msg = f"{source}: malformed card, no model name ({err}); the file may be damaged"
             raise CheckpointError(msg) from err
+        if classes:
+            try:
+                ClassTable.from_list(classes)
+            except (KeyError, TypeError, ValueError) as err:
+                msg = f"{source}: bad class table in the card ({err}); fix the card's 'classes' or retrain"
+                raise CheckpointError(msg) from err
         extra = {k: v for k, v in data.items() if k not in _TYPED}
         return cls(model, classes, tiling, extra, version, dict(data.get("versions", {})))
