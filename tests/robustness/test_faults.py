@@ -292,3 +292,30 @@ def test_bad_annotation_fails_its_slide_only(wsiseg: Callable[..., Any], tmp_pat
     assert "s2.xml" in run.error
     assert "not a number" in run.error
     assert sorted(s.id for s in load_manifest(tmp_path / "t").slides) == ["s0", "s1", "s3", "s4"]
+
+
+def test_sigterm_runs_the_ctrl_c_cleanup(tmp_path: Path) -> None:
+    """Before: SIGTERM killed fed-server/fed-client at once, orphaning Flower processes in their own sessions."""
+    import signal
+    import sys
+    import time
+
+    script = tmp_path / "cmd.py"
+    script.write_text(
+        "import subprocess\n"
+        "from wsiseg.cli import _install_signal_handlers\n"
+        "_install_signal_handlers()\n"
+        "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"  # like a SuperNode
+        "print(child.pid, flush=True)\n"
+        "try:\n    child.wait()\nexcept KeyboardInterrupt:\n"
+        "    child.terminate(); child.wait(); print('stopped', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert "stopped" in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

@@ -6,6 +6,8 @@ Heavy imports (torch, openslide) happen inside the command bodies so ``wsiseg --
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -110,8 +112,30 @@ def _register() -> None:
 _register()
 
 
+def _install_signal_handlers() -> None:
+    """Make SIGTERM and SIGHUP stop a command like Ctrl-C (SIGINT): ``KeyboardInterrupt`` in the main process.
+
+    Long commands clean up on ``KeyboardInterrupt`` (``fed-server`` and ``fed-client`` stop their Flower
+    processes, which run in sessions of their own and would otherwise outlive a ``kill``; writers remove their
+    scratch files). Forked worker processes keep the default action, so pools still stop them with SIGTERM.
+    """
+    main_pid = os.getpid()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        del frame
+        if os.getpid() != main_pid:  # a forked worker: die as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def main() -> None:
     """Console-script entry point."""
+    _install_signal_handlers()
     try:
         app()
     except Exception as err:
