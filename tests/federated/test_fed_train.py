@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from wsiseg.cli import app
-from wsiseg.errors import ConfigError, DataError
+from wsiseg.errors import DataError, PrivacyError
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.rounds import run_federated
 from wsiseg.train.checkpoint import load_checkpoint
@@ -96,7 +96,7 @@ def test_target_epsilon_calibrates_and_stops(tiles64: Path, tmp_path: Path) -> N
 
 def test_dp_refuses_batchnorm(tiles64: Path, tmp_path: Path) -> None:
     cfg = _cfg(tiles64, model="dhunet_tiny", model_args={"img_size": 64, "norm": "batchnorm"})
-    with pytest.raises(ConfigError, match="groupnorm"):
+    with pytest.raises(PrivacyError, match="groupnorm"):
         run_federated(cfg, runs_root=tmp_path)
 
 

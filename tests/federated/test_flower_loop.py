@@ -17,11 +17,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import dp_accounting
 import pytest
 import torch
+from dp_accounting import pld
 from flwr.app import Message, MessageType
 from flwr.supercore.task_identity import TaskIdentity
 
+from wsiseg.data.dataset import load_sources
+from wsiseg.data.units import unit_groups
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.flower.client_app import handle_hello, handle_train
 from wsiseg.federated.flower.server_loop import ServerSpec, serve
@@ -29,6 +33,7 @@ from wsiseg.federated.rounds import run_federated
 from wsiseg.train.checkpoint import load_checkpoint
 
 SITES = ["site0", "site1"]
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @contextlib.contextmanager
@@ -138,3 +143,70 @@ def test_target_epsilon_stop_records_the_last_round_run(sites: Path, tmp_path: P
     assert card["round"] == sim.rounds_done
     assert card["privacy"]["rounds_released"] == sim.rounds_done
     assert card["privacy"]["epsilon"] <= 3.5
+
+
+def _sample(root: Path, **kw: Any) -> FedConfig:
+    """Sample-level DP-SGD per slide, a few steps (q = 2 / the site's training slides)."""
+    base = {"dp": "sample", "privacy_unit": "slide", "sigma": 1.2, "clip": 1.0, "rounds": 2, "local_steps": 2,
+            "batch_size": 2, "tiles_per_unit": 3, "physical_batch": 4}  # fmt: skip
+    return _cfg(root, **{**base, **kw})
+
+
+def _independent_epsilon(q: float, sigma: float, steps: int, delta: float = 1e-5) -> float:
+    acc = pld.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps))  # fmt: skip
+    return acc.get_epsilon(delta)
+
+
+def _documented_sample_keys() -> set[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("<!-- shareable-card-sample -->")[1].split("<!-- /shareable-card-sample -->")[0]
+    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return {name for cell in cells for i, name in enumerate(cell.split("`")) if i % 2}
+
+
+def test_sample_mode_flower_equals_simulation_and_accounts_per_site(sites: Path, tmp_path: Path) -> None:
+    cfg = _sample(sites)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sim = run_federated(cfg, runs_root=tmp_path / "sim")
+        result, grid = _serve(cfg, sites, tmp_path / "fl")
+    finally:
+        torch.set_num_threads(threads)
+    fl = load_checkpoint(Path(result["run_dir"]) / "checkpoints" / "final")
+    ref = load_checkpoint(sim.run_dir / "checkpoints" / "final")
+    for k, v in ref.weights.items():
+        assert torch.equal(v, fl.weights[k]), k
+    priv = ref.card["privacy"]
+    assert priv["dp"] == "sample"
+    assert priv["unit"] == "slide"
+    assert "group privacy" in priv["unit_protected"]
+    assert fl.card["privacy"]["sites"] == priv["sites"]
+    # each site's epsilon is dp_accounting's Poisson-subsampled Gaussian over its own 2 rounds x 2 steps
+    train = load_sources([sites / SITES[0]])
+    for site in priv["sites"]:
+        assert site["steps"] == 4
+        assert site["epsilon"] == pytest.approx(_independent_epsilon(site["q"], 1.2, 4), rel=2e-3)
+    n_units = len(unit_groups(train, "slide"))
+    assert max(s["q"] for s in priv["sites"]) >= 2 / n_units  # q = batch / the site's training slides
+    assert priv["epsilon"] == max(s["epsilon"] for s in priv["sites"])
+    assert _keys(ref.card) == _documented_sample_keys()
+    assert "patients" not in ref.card["fed_config"]
+    # the same per-site privacy rows on both paths; the reply carries the account and nothing data-dependent
+    assert _rows(sim.run_dir / "privacy.csv") == _rows(Path(result["run_dir"]) / "privacy.csv")
+    replies = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert len(replies) == 4
+    site_ledger = json.loads((tmp_path / "fl" / "state-site0" / "privacy-ledger.json").read_text())
+    assert [r["round"] for r in site_ledger["releases"]] == [1, 2]
+    with (sim.run_dir / "site_log.csv").open(newline="") as fh:
+        assert {r["refused"] for r in csv.DictReader(fh)} == {""}
+
+
+def _keys(card: dict[str, Any]) -> set[str]:
+    out = set(card) | {f"model.{k}" for k in card["model"]} | {f"privacy.{k}" for k in card["privacy"]}
+    out |= {f"privacy.sites[].{k}" for s in card["privacy"]["sites"] for k in s}
+    out |= {f"privacy.ledger[].{k}" for led in card["privacy"]["ledger"] for k in led}
+    out |= {f"privacy.ledger[].entries[].{k}" for led in card["privacy"]["ledger"] for e in led["entries"] for k in e}
+    return out

@@ -72,7 +72,7 @@ def test_fed_server_refuses_batchnorm_under_dp(tmp_path: Path) -> None:
     args = ["fed-server", "--site", "a", "--site", "b", *TINY, "--norm", "batchnorm", "--insecure", "--host",
             "127.0.0.1", "--runs", str(tmp_path)]  # fmt: skip
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 2, res.output  # ConfigError: bad settings, one line
+    assert res.exit_code == 8, res.output  # PrivacyError: a setting DP cannot protect, one line
     assert "is BatchNorm" in res.output
     assert "use --norm groupnorm" in res.output
     assert not list(tmp_path.iterdir())  # refused before any run folder or SuperLink

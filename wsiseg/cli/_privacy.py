@@ -14,7 +14,7 @@ def print_plan(cfg: Any, *, brief: bool = False, sites: list[tuple[str, int, flo
     sample mode ``sites`` (name, units, q, steps a round) gives the per-site plan.
 
     Raises:
-        ConfigError: A model that would share BatchNorm running statistics under DP.
+        PrivacyError: A model that would share BatchNorm running statistics under DP.
     """
     from rich.table import Table
 
@@ -61,6 +61,10 @@ def _print_sample_plan(cfg: Any, sites: list[tuple[str, int, float, int]] | None
     if not brief:
         check_dp_settings(cfg)
     if not sites:
+        if cfg.calibrates:
+            from wsiseg.federated.privacy_plan import unknown_rate_error
+
+            raise unknown_rate_error()
         console.print(f"privacy: --dp sample, per-{cfg.privacy_unit} DP-SGD at each site, sigma "
                       f"{cfg.noise_multiplier:.4g}, C {cfg.clip}; each site plans and accounts its own steps",
                       highlight=False)  # fmt: skip
@@ -83,7 +87,9 @@ def _print_sample_plan(cfg: Any, sites: list[tuple[str, int, float, int]] | None
     for col in cols:
         table.add_column(col)
     for row in rows:
-        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols])
+        cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        cells[1] = cells[1] if row["units"] else "(site's own)"
+        table.add_row(*cells)
     console.print(table)
     for line in info["seed_warnings"]:
         console.print(f"[bold red]WARNING:[/] {line}", highlight=False)

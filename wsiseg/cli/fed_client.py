@@ -55,6 +55,15 @@ def fed_client(
             rich_help_panel=o.PRIVACY,
         ),
     ] = None,
+    max_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help="--dp sample: this site's privacy budget; refuse any round that would take its epsilon above it "
+            "(accounted by the site, over every run, in its state folder).",
+            rich_help_panel=o.PRIVACY,
+        ),
+    ] = None,
+    patients: o.PatientsOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for local training.")] = None,
     retry_seconds: Annotated[
         float, typer.Option(help="Restart the SuperNode this long after it exits (0: stop).")
@@ -75,6 +84,8 @@ def fed_client(
     if not min_sigma > 0 or (max_clip is not None and not max_clip > 0):
         msg = f"--min-sigma and --max-clip must be > 0, got {min_sigma} and {max_clip}"
         raise ConfigError(msg)
+    name = site or (certs.resolve().name if certs else data.resolve().name)
+    _check_site_privacy(state_dir or Path(".wsiseg-site") / name, name, max_epsilon, patients)
     if noise_seed is not None:
         console.print(
             "[bold red]WARNING:[/] --noise-seed: this site's noise is reproducible from the seed; anyone "
@@ -91,10 +102,10 @@ def fed_client(
         if ca_path is None or key_path is None:
             msg = "TLS and a node key are required: give --certs SITE_DIR (`wsiseg fed-certs`) or --ca and --node-key"
             raise ConfigError(msg)
-    name = site or (certs.resolve().name if certs else data.resolve().name)
     opts = SiteOptions(data=data, site=name, server=server, state_dir=state_dir or Path(".wsiseg-site") / name,
                        ca_cert=ca_path, node_key=key_path, port=port, device=device, require_dp=require_dp,
-                       threads=threads, min_sigma=min_sigma, max_clip=max_clip, noise_seed=noise_seed)  # fmt: skip
+                       threads=threads, min_sigma=min_sigma, max_clip=max_clip, noise_seed=noise_seed,
+                       max_epsilon=max_epsilon, patients=patients)  # fmt: skip
     console.print(f"site {name}: connecting to {server}; log {opts.state_dir / 'supernode.log'}", highlight=False)
     while True:
         proc = start_site(opts)
@@ -110,3 +121,21 @@ def fed_client(
         if retry_seconds <= 0:
             raise typer.Exit(code or 1)
         time.sleep(retry_seconds)
+
+
+def _check_site_privacy(state_dir: Path, name: str, max_epsilon: float | None, patients: Path | None) -> None:
+    """Refuse a spent budget or an unreadable patient table before the SuperNode starts (exit 8).
+
+    Raises:
+        PrivacyError: ``--max-epsilon`` not positive or already exceeded, or a bad ``--patients`` table.
+    """
+    from wsiseg.data.units import load_patient_table
+    from wsiseg.errors import PrivacyError
+    from wsiseg.federated.flower.site import SiteLedger
+
+    if max_epsilon is not None and not max_epsilon > 0:
+        msg = f"--max-epsilon must be > 0, got {max_epsilon}"
+        raise PrivacyError(msg)
+    if patients is not None:
+        load_patient_table(patients)
+    SiteLedger(state_dir, delta=1e-5, max_epsilon=max_epsilon).check_budget(name)

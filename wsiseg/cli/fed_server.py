@@ -51,6 +51,10 @@ def fed_server(
     clip_scope: o.ClipScopeOpt = "model",
     delta: o.DeltaOpt = 1e-5,
     target_epsilon: o.TargetEpsilonOpt = None,
+    privacy_unit: o.PrivacyUnitOpt = "tile",
+    sample_rate: o.SampleRateOpt = None,
+    physical_batch: o.PhysicalBatchOpt = 8,
+    tiles_per_unit: o.TilesPerUnitOpt = 8,
     seed: o.SeedOpt = None,
     noise_seed: o.NoiseSeedOpt = None,
     config: o.ConfigOpt = None,
@@ -74,19 +78,22 @@ def fed_server(
     from wsiseg.federated.flower import launch
     from wsiseg.federated.flower.federation import run_server
     from wsiseg.federated.flower.server_loop import ServerSpec
+    from wsiseg.federated.privacy_plan import public_site_plans
     from wsiseg.train.runlog import RunFolder
 
     if resume is not None:
         old = json.loads((resume / "server-spec.json").read_text(encoding="utf-8"))
         spec = ServerSpec(**{**old, "resume": True, "min_clients": min_clients, "round_timeout": round_timeout,
                              "wait_timeout": wait_timeout, "round_retries": round_retries})  # fmt: skip
-        print_plan(FedConfig.from_dict(spec.fed_config), brief=not dry_run)
+        old_cfg = FedConfig.from_dict(spec.fed_config)
+        print_plan(old_cfg, brief=not dry_run, sites=public_site_plans(old_cfg, list(spec.sites)))
     else:
         if not sites or len(sites) < 2:
             msg = "give every site with --site NAME (at least two), in a fixed order: it sets each site's seeds"
             raise ConfigError(msg)
         cfg = _fed_config(ctx, config, sites, locals())
-        print_plan(cfg, brief=not dry_run)  # the same plan, warnings and refusals as fed-train
+        # the same plan, warnings and refusals as fed-train (sample mode: per site when q is public)
+        print_plan(cfg, brief=not dry_run, sites=public_site_plans(cfg, list(sites)))
         if dry_run:
             return
         run_dir = RunFolder.create(runs, f"fed-{cfg.model}-{cfg.dp}-flower", private=True).path
@@ -121,7 +128,8 @@ def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given
 
     base = load_toml(config) if config else {}
     keys = ["rounds", "local_epochs", "local_steps", "fraction", "model", "batch_size", "lr", "dp", "sigma", "clip",
-            "clip_scope", "delta", "target_epsilon", "seed", "noise_seed"]  # fmt: skip
+            "clip_scope", "delta", "target_epsilon", "seed", "noise_seed", "privacy_unit", "sample_rate",
+            "physical_batch", "tiles_per_unit"]  # fmt: skip
     explicit = {k: given[k] for k in keys if user_gave(ctx, k)}
     model_args = merged_model_args(base, given["norm"], given["img_size"])
     merged = {**base, **explicit, "model_args": model_args, "clients": len(sites), "data": (), "client_dirs": ()}

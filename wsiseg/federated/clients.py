@@ -21,7 +21,7 @@ from wsiseg.data.dataset import TileDataset, TileSource, load_sources
 from wsiseg.data.partition import explicit_split, partition_clients, split_slides
 from wsiseg.data.transforms import PairTransform
 from wsiseg.data.units import unit_groups
-from wsiseg.errors import ConfigError, DataError
+from wsiseg.errors import ConfigError, DataError, PrivacyError
 from wsiseg.privacy.dpsgd import DpSgdConfig, dp_sgd_steps
 from wsiseg.seeds import stream_seed
 from wsiseg.train.loop import OptimConfig, StepStats, autocast_factory, make_loss, make_optimizer, poly_lr, train_steps
@@ -303,7 +303,7 @@ def check_dp_model(model: nn.Module, *, private: bool, mode: str) -> None:
         mode: The mode's name, for the message.
 
     Raises:
-        ConfigError: If a BatchNorm layer tracks running statistics under a DP mode.
+        PrivacyError: If a BatchNorm layer tracks running statistics under a DP mode (exit 8).
     """
     if not private:
         return
@@ -313,4 +313,4 @@ def check_dp_model(model: nn.Module, *, private: bool, mode: str) -> None:
                 f"--dp {mode}: layer {name} is BatchNorm, whose running statistics come from client data "
                 "and would be shared without noise; use --norm groupnorm"
             )
-            raise ConfigError(msg)
+            raise PrivacyError(msg)

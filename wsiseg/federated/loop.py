@@ -123,6 +123,9 @@ def run_rounds(
         picked = sample_clients(state)
         got = transport.train(state, strategy, rnd, picked) if picked else []
         results = [res for _, res in got]
+        if picked and not results and strategy.per_site_accounting:
+            stopped = f"stopped at round {rnd}: every sampled site refused it (its epsilon would pass the budget)"
+            break
         t_train = time.perf_counter() - t0 - transport.release_seconds
         agg = aggregate_round(strategy, results, state)
         state.apply(agg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from wsiseg.errors import PrivacyError
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.strategies import strategy_class
 from wsiseg.privacy.accounting import epsilon_for_history, meaningful_warning
@@ -16,9 +17,11 @@ __all__ = [
     "calibrated_sigma",
     "check_dp_settings",
     "plan_rows",
+    "public_site_plans",
     "relation_text",
     "sample_plan",
     "seed_warnings",
+    "unknown_rate_error",
 ]
 
 
@@ -39,7 +42,7 @@ def check_dp_settings(cfg: FedConfig) -> int:
     """Build the model as a run would and refuse what DP cannot protect; returns its trainable parameters.
 
     Raises:
-        ConfigError: BatchNorm running statistics under a DP mode.
+        PrivacyError: BatchNorm running statistics under a DP mode.
     """
     from wsiseg.federated.clients import check_dp_model
 
@@ -152,3 +155,22 @@ def sample_plan(cfg: FedConfig, sites: list[tuple[str, int, float, int]]) -> dic
     worst = max((r["epsilon_pld"] for r in rows), default=0.0)
     return {"sigma": sigma, "rows": rows, "warning": meaningful_warning(worst), "relation": relation_text(cfg),
             "seed_warnings": seed_warnings(cfg), "unit": cfg.privacy_unit}  # fmt: skip
+
+
+def public_site_plans(cfg: FedConfig, names: list[str]) -> list[tuple[str, int, float, int]] | None:
+    """Sample mode with a public ``--sample-rate``: every site's q and steps a round, known without its data.
+
+    Returns None when q depends on the sites' unit counts (``--batch-size / units``), which only the sites know.
+    """
+    from wsiseg.privacy.dpsgd import DpSgdConfig
+
+    if cfg.dp != "sample" or cfg.sample_rate is None:
+        return None
+    steps = DpSgdConfig.steps_per_round(cfg.sample_rate, local_steps=cfg.local_steps, local_epochs=cfg.local_epochs)
+    return [(name, 0, cfg.sample_rate, steps) for name in names]
+
+
+def unknown_rate_error() -> PrivacyError:
+    """The refusal of ``--dp sample --target-epsilon`` where the server cannot know each site's q."""
+    return PrivacyError("--dp sample --target-epsilon: the server does not know the sites' unit counts; give "
+                        "--sample-rate (a public q) or --sigma, and let each site enforce --max-epsilon")  # fmt: skip

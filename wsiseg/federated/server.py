@@ -70,7 +70,7 @@ class ServerState:
         federation: Extra public facts for the card (the Flower engine, its sites).
 
     Raises:
-        ConfigError: A model that keeps BatchNorm running statistics under DP.
+        PrivacyError: A model that keeps BatchNorm running statistics under DP.
     """
 
     def __init__(
@@ -163,10 +163,10 @@ class ServerState:
 
     def _site_summary(self) -> dict[str, Any]:
         unit = self.cfg.privacy_unit
-        sites = {name: {"epsilon": led.entries[-1].epsilon_pld, "epsilon_rdp": led.entries[-1].epsilon_rdp,
-                        "q": led.entries[-1].sample_rate, "rounds": len(led.entries),
-                        "steps": sum(e.steps for e in led.entries)}
-                 for name, led in sorted(self.site_ledgers.items()) if led.entries}  # fmt: skip
+        sites = [{"site": name, "epsilon": led.entries[-1].epsilon_pld, "epsilon_rdp": led.entries[-1].epsilon_rdp,
+                  "q": led.entries[-1].sample_rate, "rounds": len(led.entries),
+                  "steps": sum(e.steps for e in led.entries)}
+                 for name, led in sorted(self.site_ledgers.items()) if led.entries]  # fmt: skip
         caveat = {"tile": "one tile: a slide or patient with k tiles is protected only by group privacy (about k "
                           "times epsilon)",
                   "slide": "one slide: a patient with k slides is protected only by group privacy (about k times "
@@ -183,7 +183,7 @@ class ServerState:
                           "round it took part in (Poisson-subsampled Gaussian); epsilon is the worst site's",
             "noise_source": "explicit --noise-seed (kept private)" if self.cfg.noise_seed is not None
                             else "os-entropy",
-            "ledger": {name: led.public_state_dict() for name, led in sorted(self.site_ledgers.items())},
+            "ledger": [{"site": name, **led.public_state_dict()} for name, led in sorted(self.site_ledgers.items())],
         }  # fmt: skip
 
     def card(self, rnd: int) -> ModelCard:
@@ -295,12 +295,25 @@ class ServerState:
 def calibrate_sigma(state: ServerState, *, sites: list[tuple[str, int, float, int]] | None = None) -> None:
     """Set ``state.sigma`` from ``--target-epsilon`` when no ``--sigma`` was given.
 
-    Sample mode calibrates for the site that spends the most (``sites``: name, units, q, steps a round).
+    Sample mode calibrates for the site that spends the most (``sites``: name, units, q, steps a round; without
+    them, from a public ``--sample-rate``).
+
+    Raises:
+        PrivacyError: Sample mode with neither the sites' plans nor a public ``--sample-rate``.
     """
-    from wsiseg.federated.privacy_plan import calibrated_sample_sigma, calibrated_sigma
+    from wsiseg.federated.privacy_plan import (
+        calibrated_sample_sigma,
+        calibrated_sigma,
+        public_site_plans,
+        unknown_rate_error,
+    )
 
     if not state.cfg.calibrates:
         return
+    if state.per_site and sites is None:
+        sites = public_site_plans(state.cfg, state.roster)
+        if sites is None:
+            raise unknown_rate_error()
     state.sigma = (calibrated_sample_sigma(state.cfg, sites) if state.per_site and sites is not None
                    else calibrated_sigma(state.cfg, state.sample_rate))  # fmt: skip
 

@@ -7,10 +7,11 @@ site's policy: ``require-dp``, ``min-sigma``, ``max-clip`` and, for reproduction
 
 Per round the site: loads the global weights, trains with the shared loop
 (:func:`wsiseg.federated.clients.local_update`, seeded from ``(seed, round, client index)``), then applies
-the DP mode before anything leaves: ``local`` clips and noises with the site's own generator
-(:meth:`FedAvg.release` of the mode), ``central`` sends the raw update without buffers (the server clips and
-adds the noise), ``none`` sends the raw update and normalisation buffers. The site's noise never depends on anything the
-server sends (see :mod:`wsiseg.federated.flower.site`).
+the DP mode before anything leaves: ``sample`` trains with DP-SGD from the site's own generator and
+accounts it in the site's own ledger, checked against ``max-epsilon`` first; ``local`` clips and noises with
+the site's own generator (:meth:`FedAvg.release` of the mode), ``central`` sends the raw update without
+buffers (the server clips and adds the noise), ``none`` sends the raw update and normalisation buffers.
+The site's noise never depends on anything the server sends (see :mod:`wsiseg.federated.flower.site`).
 """
 
 from __future__ import annotations
@@ -93,9 +94,14 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     glob = {k: torch.from_numpy(v.copy()).to(device) for k, v in arrays.items()}
     t0 = time.perf_counter()
 
-    strategy = make_strategy(cfg.dp, clip=cfg.clip, noise_multiplier=sigma, scope=cfg.clip_scope)
-    res = local_update(model, glob, client, strategy.local_training(local_training(cfg, device)), round_index=rnd,
-                       total_rounds=cfg.rounds, seed=seed, client_index=index)  # fmt: skip
+    sgd = _site_sgd(cfg, sigma, node) if cfg.dp == "sample" else None
+    strategy = make_strategy(cfg.dp, clip=cfg.clip, noise_multiplier=sigma, scope=cfg.clip_scope, sgd=sgd)
+    local = strategy.local_training(local_training(cfg, device))
+    if strategy.per_site_accounting:
+        res = _train_sample(node, cfg, conf, client, local, model, glob, sigma)
+    else:
+        res = local_update(model, glob, client, local, round_index=rnd, total_rounds=cfg.rounds, seed=seed,
+                           client_index=index)  # fmt: skip
     released = _release(strategy, res, node)
     if strategy.private:
         releases.record(rnd, digest, released.update, strategy.reply_meta(released))
@@ -103,6 +109,46 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     log.info("site %s round %d: %d steps, loss %.4f, pre-clip norm %.4g, %.1f s (kept at the site)",
              client.name, rnd, res.steps, res.loss, pre, time.perf_counter() - t0)  # fmt: skip
     return result_to_reply(released, strategy.reply_meta(released))
+
+
+def _site_sgd(cfg: Any, sigma: float, node: dict[str, Any]) -> Any:
+    """The DP-SGD settings the server asked for, with this site's own patient table (``fed-client --patients``)."""
+    from dataclasses import replace
+
+    from wsiseg.data.units import load_patient_table
+
+    table = str(node.get("patients", "")).strip()
+    sgd = cfg.dp_sgd(sigma, load_table=False)
+    return replace(sgd, patients=load_patient_table(table), patients_name=table) if table else sgd
+
+
+def _train_sample(node: dict[str, Any], cfg: Any, conf: Any, client: Any, local: Any, model: Any, glob: Any,
+                  sigma: float) -> Any:  # fmt: skip
+    """DP-SGD at the site: its own budget check, its own generator, its own ledger, all before anything leaves.
+
+    Raises:
+        PrivacyError: The round would take the site past ``--max-epsilon``.
+    """
+    from wsiseg.federated.clients import dp_sgd_plan, local_update
+    from wsiseg.federated.flower.site import NoiseState, SiteLedger
+
+    state_dir, site = Path(str(node["state-dir"])), str(node["site"])
+    rnd, index, seed = (int(str(conf[k])) for k in ("round", "client-index", "train-seed"))
+    budget = str(node.get("max-epsilon", "")).strip()
+    ledger = SiteLedger(state_dir, delta=cfg.delta, max_epsilon=float(budget) if budget else None)
+    _, q, steps = dp_sgd_plan(client, local)
+    ledger.check_budget(site, sigma=sigma, q=q, steps=steps)
+    noise_seed = str(node.get("noise-seed", "")).strip()
+    noise = NoiseState(state_dir, "site", int(noise_seed) if noise_seed else None)
+    rng = noise.generator()
+    res = local_update(model, glob, client, local, round_index=rnd, total_rounds=cfg.rounds, seed=seed,
+                       client_index=index, noise_rng=rng)  # fmt: skip
+    noise.save(rng)
+    eps = ledger.record(str(conf["run-key"]), rnd, sigma=sigma, q=q, clip=cfg.clip, steps=steps)
+    res.privacy = {**(res.privacy or {}), "epsilon": eps, "epsilon_rdp": ledger.ledger.entries[-1].epsilon_rdp}
+    log.info("site %s round %d: DP-SGD per %s, q %.4g, %d steps, site epsilon %.4g (budget %s)", site, rnd,
+             cfg.privacy_unit, q, steps, eps, budget or "none")  # fmt: skip
+    return res
 
 
 def _release(strategy: Any, res: Any, node: dict[str, Any]) -> Any:
@@ -113,7 +159,7 @@ def _release(strategy: Any, res: Any, node: dict[str, Any]) -> Any:
     """
     from wsiseg.federated.flower.site import NoiseState
 
-    if not strategy.noises_at_site:
+    if not strategy.noises_at_site or strategy.per_site_accounting:  # DP-SGD noised while training
         return strategy.release(res)
     seed = str(node.get("noise-seed", "")).strip()
     noise = NoiseState(Path(str(node["state-dir"])), "site", int(seed) if seed else None)

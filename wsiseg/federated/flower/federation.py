@@ -154,6 +154,8 @@ class SiteOptions:
     min_sigma: float = 0.5
     max_clip: float | None = None
     noise_seed: int | None = None
+    max_epsilon: float | None = None
+    patients: Path | None = None
 
 
 def start_site(opts: SiteOptions) -> subprocess.Popen[bytes]:
@@ -175,6 +177,8 @@ def start_site(opts: SiteOptions) -> subprocess.Popen[bytes]:
         "state-dir": opts.state_dir.resolve().as_posix(), "device": opts.device, "require-dp": opts.require_dp,
         "min-sigma": repr(float(opts.min_sigma)), "max-clip": "" if opts.max_clip is None else repr(opts.max_clip),
         "noise-seed": "" if opts.noise_seed is None else str(int(opts.noise_seed)),
+        "max-epsilon": "" if opts.max_epsilon is None else repr(float(opts.max_epsilon)),
+        "patients": "" if opts.patients is None else opts.patients.resolve().as_posix(),
     })  # fmt: skip
     env = launch.flower_env(opts.state_dir / "flwr-home")
     if opts.threads:

@@ -50,6 +50,7 @@ def reply_to_result(content: RecordDict) -> ClientResult:
     """Unpack a site's reply into the ``ClientResult`` the strategies aggregate (as ``FedAvg.received`` does).
 
     Without DP the example count weights FedAvg; under DP weights are equal and it is not sent (set to 1).
+    A sample-mode reply carries the site's public account (``q``, steps, epsilon) as ``privacy``.
     """
     meta: dict[str, Any] = dict(content.metric_records["meta"])
     name = str(content.config_records["site"]["name"])
@@ -62,4 +63,5 @@ def reply_to_result(content: RecordDict) -> ClientResult:
         steps=int(meta.get("steps", 0)),
         loss=float(meta.get("loss", math.nan)),
         seconds=0.0,
+        privacy={k: meta[k] for k in ("q", "steps", "epsilon", "epsilon_rdp") if k in meta} if "q" in meta else None,
     )

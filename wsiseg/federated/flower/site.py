@@ -14,6 +14,8 @@ A site owns its privacy; nothing the server sends decides it:
   refused otherwise: a server that resends a round with other weights or settings (``lr=0``, say) would
   otherwise get two noisings whose difference is the clipped update.
 - :class:`SitePolicy`: the site's floor on sigma and ceiling on C, checked before any training.
+- :class:`SiteLedger` (``--dp sample``): every DP-SGD step the site ever released, over all server runs,
+  accounted by the site itself and checked against its ``--max-epsilon`` before any training.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from wsiseg.errors import DataError, PrivacyError
 from wsiseg.federated.clients import Client, client_split_seed
 from wsiseg.federated.strategies import FedAvg, strategy_class
 from wsiseg.fileio import atomic_output, atomic_write_text, private_dir
+from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
 
-__all__ = ["NoiseState", "ReleaseLog", "SitePolicy", "load_site", "request_digest"]
+__all__ = ["NoiseState", "ReleaseLog", "SiteLedger", "SitePolicy", "load_site", "request_digest"]
 
 
 def load_site(data: str | Path, *, name: str, index: int, test_fraction: float, seed: int) -> Client:
@@ -193,3 +196,64 @@ class ReleaseLog:
             save_file({k: np.ascontiguousarray(v) for k, v in update.items()}, str(tmp), metadata={"wsiseg": meta})
         self.answered[str(round_index)] = digest
         atomic_write_text(self.index_path, json.dumps({"answered": self.answered}), private=True)
+
+
+class SiteLedger:
+    """The site's own account of its DP-SGD releases (``<state_dir>/privacy-ledger.json``, owner-only).
+
+    One ledger for the site's data across every server run: entries are numbered by release, and each release
+    records which run and round it answered. It is never reset; delete the state folder only with the data.
+
+    Args:
+        state_dir: The site's private state folder.
+        delta: Delta of the site's guarantee.
+        max_epsilon: The site's budget (``fed-client --max-epsilon``; None: no budget).
+    """
+
+    def __init__(self, state_dir: Path, *, delta: float, max_epsilon: float | None) -> None:
+        self.path = Path(state_dir) / "privacy-ledger.json"
+        self.max_epsilon = max_epsilon
+        self.ledger = PrivacyLedger(delta=delta)
+        self.releases: list[dict[str, Any]] = []
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text(encoding="utf-8"))
+                self.ledger.load_state_dict(saved["ledger"])
+                self.releases = list(saved["releases"])
+            except (KeyError, TypeError, ValueError) as err:
+                msg = f"{self.path}: the site's privacy ledger is unreadable ({err}); restore it from a backup"
+                raise PrivacyError(msg) from err
+
+    @property
+    def epsilon(self) -> float:
+        """Epsilon of everything the site released so far (0 before its first release)."""
+        return self.ledger.entries[-1].epsilon_pld if self.ledger.entries else 0.0
+
+    def check_budget(self, site: str, *, sigma: float = 0.0, q: float = 1.0, steps: int = 0) -> None:
+        """Refuse when the budget is spent, or would be by ``steps`` more steps at ``(sigma, q)``.
+
+        Raises:
+            PrivacyError: Epsilon already above ``--max-epsilon``, or the planned round would pass it.
+        """
+        if self.max_epsilon is None:
+            return
+        if self.epsilon > self.max_epsilon:
+            msg = (f"site {site}: epsilon {self.epsilon:.4g} already exceeds --max-epsilon {self.max_epsilon:g} "
+                   f"({self.path}); this site's budget is spent")  # fmt: skip
+            raise PrivacyError(msg)
+        if steps and (proj := self.ledger.projected_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps)) > (
+            self.max_epsilon * (1 + 1e-9)
+        ):
+            msg = (f"site {site}: this round would take epsilon to {proj:.4g}, above --max-epsilon "
+                   f"{self.max_epsilon:g}; refusing")  # fmt: skip
+            raise PrivacyError(msg)
+
+    def record(self, run_key: str, round_index: int, *, sigma: float, q: float, clip: float, steps: int) -> float:
+        """Record one round's DP-SGD steps (before the release leaves); returns the site's epsilon after it."""
+        entry = self.ledger.record_round(round=len(self.ledger.entries) + 1, noise_multiplier=sigma, sample_rate=q,
+                                         clip=clip, n_clients_released=1, steps=steps)  # fmt: skip
+        self.releases.append({"run": run_key, "round": round_index})
+        private_dir(self.path.parent)
+        atomic_write_text(self.path, json.dumps({"ledger": self.ledger.state_dict(), "releases": self.releases}),
+                          private=True)  # fmt: skip
+        return entry.epsilon_pld
