@@ -8,7 +8,8 @@
 #   2. bench_train --gpu-only (DHUnet and dhunet_tiny img/s, bf16 + channels_last, loader vs in-memory)
 #   3. bench_models --gpu-only (fwd / fwd+bwd img/s, fp32, bf16, channels_last, compile; batch 24 and 64)
 #   4. bench_predict --gpu (DHUnet windows/s through predict_to_tiff on a virtual slide)
-#   5. bench_fed --dhunet (numpy server step on DHUnet-size updates on this host's CPUs, against the GPU img/s)
+#   5. bench_dpsgd --gpu (DHUnet DP-SGD vs non-private img/s at batch 24, peak memory; target within 3x)
+#   6. bench_fed --dhunet (numpy server step on DHUnet-size updates on this host's CPUs, against the GPU img/s)
 # and appends every table to RESULTS_FILE (default: $OUT/gpu_results.md when $OUT is set, else gpu_results.md),
 # which RESULTS.md can quote. The machine's python must already have torch (CUDA) and timm; the other
 # wheels are installed offline from ./wheels when that folder exists (carry it beside the repository).
@@ -53,6 +54,8 @@ step "bench_train --gpu-only" 100 $PY benchmarks/bench_train.py --gpu-only --wor
 step "bench_models --gpu-only" 90 $PY benchmarks/bench_models.py --gpu-only --models dhunet dhunet_tiny unet \
   --iters 5 --out "$RES"
 step "bench_predict --gpu" 90 $PY benchmarks/bench_predict.py --gpu --work "$WORK" --out "$RES"
+step "bench_dpsgd --gpu" 90 $PY benchmarks/bench_dpsgd.py --gpu --models dhunet dhunet_tiny --batch 24 \
+  --physical-batch 8 --out "$RES"
 step "bench_fed --dhunet" 40 $PY benchmarks/bench_fed.py --dhunet --train-img-s 600 --work "$WORK" --out "$RES"
 echo "gpu_suite: results in $RES"
 exit $status
