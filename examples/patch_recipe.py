@@ -54,9 +54,9 @@ def cpu_name() -> str:
     return f"{name}, {torch.get_num_threads()} torch threads, {os.cpu_count()} logical CPUs"
 
 
-def tile_patches(images: Path, masks: Path, out: Path) -> Path:
+def tile_patches(images: Path, masks: Path, out: Path, size: int = 112) -> Path:
     """Tile the patches with the recipe's settings (skips patches already tiled alike)."""
-    config = TilingConfig(window=224, stride=112, size=112, min_tissue=0.05, image_format="png")
+    config = TilingConfig(window=224, stride=112, size=size, min_tissue=0.05, image_format="png")
     outcomes = tile_many(expand_sources([images]), out, config, masks_dir=masks, palette="wsss4luad", workers=1)
     failed = [o.error for o in outcomes if o.status == "failed"]
     if failed:
@@ -64,9 +64,11 @@ def tile_patches(images: Path, masks: Path, out: Path) -> Path:
     return out
 
 
-def recipe_config(tiles: Path, fold: int, folds: int, budget: float | None, epochs: int, seed: int) -> TrainConfig:
-    """The training settings of one fold."""
-    return TrainConfig(data=(str(tiles),), model="unet_tiny", epochs=epochs, batch_size=8, lr=0.05, folds=folds,
+def recipe_config(
+    tiles: Path, fold: int, folds: int, budget: float | None, epochs: int, seed: int, model: str = "unet_tiny"
+) -> TrainConfig:
+    """The training settings of one fold (``unet_tiny``, batch 8, lr 0.05 on a CPU)."""
+    return TrainConfig(data=(str(tiles),), model=model, epochs=epochs, batch_size=8, lr=0.05, folds=folds,
                        fold=fold, seed=seed, time_budget=budget)  # fmt: skip
 
 
@@ -79,15 +81,15 @@ def _pooled(matrices: list[np.ndarray]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Tile, train every fold, pool the held-out confusion matrices and return the results."""
     start = time.perf_counter()
-    tiles = tile_patches(args.images, args.masks, args.out / "tiles")
+    tiles = tile_patches(args.images, args.masks, args.out / f"tiles-{args.tile_size}", args.tile_size)
     budget = args.budget / args.folds if args.budget else None
     matrices: dict[str, list[np.ndarray]] = {p: [] for p in PREDICTORS}
     per_fold: list[dict[str, Any]] = []
     names: list[str] = []
     for fold in range(args.folds):
         t0 = time.perf_counter()
-        res = run_training(recipe_config(tiles, fold, args.folds, budget, args.epochs, args.seed),
-                           runs_root=args.out / "runs")  # fmt: skip
+        cfg = recipe_config(tiles, fold, args.folds, budget, args.epochs, args.seed, args.model)
+        res = run_training(cfg, runs_root=args.out / "runs")
         summary = res.final_metrics
         names = summary["class_names"]
         reports = {"model": summary, **summary["baselines"]}
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pooled[p]["fold_mean"], pooled[p]["fold_sd"] = float(np.mean(folds)), float(np.std(folds))
         pooled[p]["paper_dice"] = float(np.mean([r[p]["paper_dice"] for r in per_fold]))
     return {"classes": names, "pooled": pooled, "per_fold": per_fold, "seconds": time.perf_counter() - start,
-            "cpu": cpu_name(), "torch": torch.__version__, "folds": args.folds, "epochs": args.epochs}  # fmt: skip
+            "cpu": cpu_name(), "torch": torch.__version__, "folds": args.folds, "epochs": args.epochs,
+            "model": args.model, "tile_size": args.tile_size}  # fmt: skip
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -140,6 +143,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--budget", type=float, default=1080.0, help="Seconds for all folds (0: no limit).")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", default="unet_tiny", help="e.g. dhunet with --tile-size 224 on a GPU.")
+    parser.add_argument("--tile-size", type=int, default=112, help="Tile side in px (224 px windows).")
     args = parser.parse_args()
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
