@@ -105,6 +105,7 @@ def test_shared_options_have_one_default_and_help_across_commands() -> None:
                 "insecure",
                 "out",
                 "host",
+                "test_fraction",
             ):
                 continue  # meanings differ by command on purpose (e.g. a site's single --data, predict's batch)
             if (name, key) == ("fed-client", "noise_seed"):
