@@ -105,7 +105,9 @@ def dp_runs(request: pytest.FixtureRequest, tiles64: Path, tmp_path_factory: pyt
         "noise_seed": run_federated(
             FedConfig(**base, sigma=0.05, noise_seed=PRIVATE_NOISE_SEED), runs_root=root / "b"
         ).run_dir,
-        "clean": run_federated(FedConfig(**base, sigma=0.0, noise_seed=1), runs_root=root / "c").run_dir,
+        "clean": run_federated(
+            FedConfig(**base, sigma=0.0, noise_seed=1, allow_no_noise=True), runs_root=root / "c"
+        ).run_dir,
     }
 
 
