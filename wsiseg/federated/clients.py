@@ -236,8 +236,8 @@ def local_update(
         if noise_rng is None:
             msg = f"client {client.name}: DP-SGD draws its sampling and noise from the site's generator; none given"
             raise ConfigError(msg)
-        n_units, rate, steps_per_round = dp_sgd_plan(client, cfg)
-        privacy = {"unit": cfg.dp_sgd.unit, "q": rate, "steps": steps_per_round, "units": n_units}
+        groups, rate, steps_per_round = _unit_plan(client, cfg)
+        privacy = {"unit": cfg.dp_sgd.unit, "q": rate, "steps": steps_per_round, "units": len(groups)}
     optimizer = make_optimizer(model, cfg.optim)
     loss_fn = make_loss(model, n_classes, ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
     lr_at = functools.partial(poly_lr, cfg.optim.lr, total_steps=total_rounds * steps_per_round,
@@ -245,8 +245,6 @@ def local_update(
     first = (round_index - 1) * steps_per_round
     stats: StepStats
     if cfg.dp_sgd is not None and noise_rng is not None and privacy is not None:
-        groups = unit_groups(client.train, cfg.dp_sgd.unit, patients=cfg.dp_sgd.patients,
-                             table_name=cfg.dp_sgd.patients_name)  # fmt: skip
 
         def load(indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
             items = [ds[int(i)] for i in indices]
@@ -274,13 +272,19 @@ def dp_sgd_plan(client: Client, cfg: LocalTraining) -> tuple[int, float, int]:
         PrivacyError: A rate out of range, or slides missing from the patient table.
         ConfigError: No DP-SGD settings.
     """
+    groups, rate, steps = _unit_plan(client, cfg)
+    return len(groups), rate, steps
+
+
+def _unit_plan(client: Client, cfg: LocalTraining) -> tuple[list[list[int]], float, int]:
+    """The units (tile indices of each), ``q`` and steps a round, computed once per round."""
     if cfg.dp_sgd is None:
         msg = "dp_sgd_plan needs --dp sample settings"
         raise ConfigError(msg)
     dp = cfg.dp_sgd
-    n_units = len(unit_groups(client.train, dp.unit, patients=dp.patients, table_name=dp.patients_name))
-    rate = dp.rate(n_units, cfg.batch_size, site=f"site {client.name}")
-    return n_units, rate, dp.steps_per_round(rate, local_steps=cfg.steps, local_epochs=cfg.epochs)
+    groups = unit_groups(client.train, dp.unit, patients=dp.patients, table_name=dp.patients_name)
+    rate = dp.rate(len(groups), cfg.batch_size, site=f"site {client.name}")
+    return groups, rate, dp.steps_per_round(rate, local_steps=cfg.steps, local_epochs=cfg.epochs)
 
 
 def _cycle(loader: DataLoader[Any]) -> Any:
