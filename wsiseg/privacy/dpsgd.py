@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from wsiseg.train.loop import StepStats
 from wsiseg.train.losses import SegLoss, check_target
 
 __all__ = [
+    "Canaries",
     "DpSgdConfig",
     "clip_unit_sums",
     "dp_sgd_steps",
@@ -235,6 +236,16 @@ def _step_sum(
     return total, norms, losses
 
 
+class Canaries(Protocol):
+    """Audit canaries: ``count`` extra units whose per-unit gradients the auditor supplies."""
+
+    count: int
+
+    def gradients(self, indices: list[int], like: Grads) -> Grads:
+        """Per-unit gradients (a leading unit axis) of the sampled canaries, shaped like ``like``."""
+        ...
+
+
 @dataclass
 class DpSgdStats(StepStats):
     """What a run of DP-SGD steps did (site-private: sampled counts and norms never leave the site)."""
@@ -259,6 +270,7 @@ def dp_sgd_steps(
     data_rng: np.random.Generator,
     device: str = "cpu",
     autocast: Any = None,
+    canaries: Canaries | None = None,
 ) -> DpSgdStats:
     """Run ``steps`` DP-SGD steps over a site's units.
 
@@ -277,19 +289,24 @@ def dp_sgd_steps(
         data_rng: Which tiles of a sampled unit are used (training seed; no privacy role).
         device: Torch device string.
         autocast: Mixed-precision context factory (None: full precision).
+        canaries: Audit only (``wsiseg audit canary``): extra units whose clipped gradients the auditor
+            supplies; they are Poisson-sampled with the real units and noised with them.
 
     Returns:
         Steps, tiles used, mean loss, and the site-private sampling and clipping counts.
     """
     model.train()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    expected = rate * len(groups)
+    n_real = len(groups)
+    n_units = n_real + (canaries.count if canaries is not None else 0)
+    expected = rate * n_units
     std = cfg.noise_multiplier * cfg.clip
     stats = DpSgdStats()
     clipped = seen = 0
     start = time.perf_counter()
     for s in range(steps):
-        picked = poisson_sample(noise_rng, len(groups), rate)
+        everyone = poisson_sample(noise_rng, n_units, rate)
+        picked, canary_picked = everyone[everyone < n_real], everyone[everyone >= n_real] - n_real
         examples: list[int] = []
         unit_of: list[int] = []
         for u, g in enumerate(picked):
@@ -302,6 +319,9 @@ def dp_sgd_steps(
                                 else (None, [], []))  # fmt: skip
         if total is None:
             total = {n: torch.zeros_like(p) for n, p in params.items()}
+        if canaries is not None and len(canary_picked):
+            extra, _ = clip_unit_sums(canaries.gradients(canary_picked.tolist(), total), cfg.clip)
+            total = {n: total[n] + extra[n] for n in total}
         gen = torch.Generator(device=device).manual_seed(int(noise_rng.integers(0, 2**63 - 1)))
         noise = gaussian_like(total, std, gen)
         lr = lr_at(first_step + s)
