@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ORDER = ["slide", "tiling", "data", "models", "train", "privacy", "federated", "inference", "export", "cli"]
+ORDER = ["slide", "tiling", "data", "models", "train", "privacy", "federated", "audit", "inference", "export", "cli"]
 BASE = ("errors", "config", "classes", "fileio")
 ROOT = Path(__file__).resolve().parents[2] / "wsiseg"
 

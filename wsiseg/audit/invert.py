@@ -112,7 +112,8 @@ def simulate_update(
     for _ in range(recipe.steps):
         out = functional_call(model, {**current, **buffers}, (_normalise(pixels),))
         loss = loss_fn.value(out, masks)
-        grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
+        grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph, allow_unused=True)
+        grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(current.values(), grads, strict=True))
         nxt: Params = {}
         for (name, p), g in zip(current.items(), grads, strict=True):
             d = g + recipe.weight_decay * p if recipe.weight_decay else g

@@ -77,6 +77,8 @@ def _guard(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _register() -> None:
     from wsiseg.cli import (
+        audit_canary,
+        audit_invert,
         evaluate,
         export,
         fed_certs,
@@ -107,6 +109,11 @@ def _register() -> None:
     ]
     for name, func in commands:
         app.command(name)(_guard(func))
+    audit = typer.Typer(name="audit", help="Attack and audit the privacy protections (gradient inversion, canaries).",
+                        no_args_is_help=True)  # fmt: skip
+    audit.command("invert")(_guard(audit_invert.audit_invert))
+    audit.command("canary")(_guard(audit_canary.audit_canary))
+    app.add_typer(audit, name="audit")
 
 
 _register()
