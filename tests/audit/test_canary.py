@@ -23,7 +23,10 @@ from wsiseg.train.loop import make_loss
 
 
 def _silence_noise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aggregate, "gaussian_noise_like", lambda u, std, rng, **_: {n: np.zeros_like(v) for n, v in u.items()})
+    def zeros(update: dict, std: float, rng: object, **_: object) -> dict:
+        return {n: np.zeros_like(v) for n, v in update.items()}
+
+    monkeypatch.setattr(aggregate, "gaussian_noise_like", zeros)
     monkeypatch.setattr(dpsgd, "gaussian_like", lambda t, std, gen: {n: torch.zeros_like(v) for n, v in t.items()})
 
 
@@ -64,7 +67,8 @@ def test_directions_are_unit_and_regenerated_identically() -> None:
     assert np.linalg.norm(d.flat(2)) == pytest.approx(1.0, rel=1e-5)
     assert np.array_equal(d.flat(1), Directions(template, 4, seed=3).flat(1))
     proj = d.project(d.update(1, 2.0))
-    assert proj[1] == pytest.approx(2.0, rel=1e-5) and abs(proj[0]) < 2.0
+    assert proj[1] == pytest.approx(2.0, rel=1e-5)
+    assert abs(proj[0]) < 2.0
 
 
 def test_bad_settings_are_refused() -> None:
