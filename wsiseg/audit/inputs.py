@@ -94,6 +94,10 @@ def load_audit_model(run_dir: Path | None, *, model_name: str, tile_size: int, s
                f"the attack (it models dp {', '.join(MODELLED_MODES)} with whole-model clipping)")  # fmt: skip
         raise PrivacyError(msg)
     model = loaded.build_model()
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        msg = (f"{run_dir}: the model has BatchNorm running statistics, which the attack does not model (and DP "
+               "training refuses); audit a run trained with --norm groupnorm")  # fmt: skip
+        raise PrivacyError(msg)
     tiling = card.get("tiling") or {}
     steps = fed.get("local_steps") or 1
     recipe = LocalRecipe(lr=float(fed.get("lr", 0.01)), momentum=float(fed.get("momentum", 0.9)),
