@@ -97,6 +97,7 @@ def test_verdicts_need_an_attack_that_works() -> None:
     weak = [_row("raw", 13.0, 0.25), _row("noise", 11.0, 0.1)]
     verdicts(weak)
     assert all(r.verdict.startswith("attack too weak to judge") for r in weak)
+    assert "a verdict needs" in weak[0].verdict
     strong = [_row("raw", 20.0, 0.6), _row("clipped", 19.0, 0.55), _row("noise", 12.5, 0.22)]
     verdicts(strong)
     assert strong[0].verdict.startswith("attack works")

@@ -165,8 +165,12 @@ def verdicts(rows: list[AttackRow]) -> None:
         works = raw.psnr >= best_psnr + PSNR_MARGIN_DB and raw.ssim >= best_ssim + SSIM_MARGIN
         for r in group:
             if not works:
-                r.verdict = (f"attack too weak to judge (unprotected: {raw.psnr:.1f} dB / SSIM {raw.ssim:.2f}, needs "
-                             f"{best_psnr + PSNR_MARGIN_DB:.1f} dB and {best_ssim + SSIM_MARGIN:.2f})")  # fmt: skip
+                r.verdict = "attack too weak to judge" + (
+                    f" (unprotected: {raw.psnr:.1f} dB / SSIM {raw.ssim:.2f}; a verdict needs "
+                    f"{best_psnr + PSNR_MARGIN_DB:.1f} dB and {best_ssim + SSIM_MARGIN:.2f})"
+                    if r is raw
+                    else ""
+                )
             elif r.kind == "raw":
                 r.verdict = (f"attack works: beats both baselines by >= {PSNR_MARGIN_DB:g} dB PSNR and "
                              f">= {SSIM_MARGIN:.2f} SSIM")  # fmt: skip
