@@ -133,13 +133,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wsiseg-bench")
     ap.add_argument("--out", type=Path, help="append the markdown table to this file")
+    ap.add_argument("--from-log", type=Path, help="only build the table from this run's printed lines")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     tiles = ensure_tiles(args.work, args.slides)
     results: dict[str, list[dict[str, Any]]] = {}
     base: dict[str, list[float]] = {}
-    for seed in args.seeds:
+    if args.from_log:  # rebuild the table from the per-run lines of an interrupted run (complete seeds only)
+        rows = [line.split(" | ", 2) for line in args.from_log.read_text(encoding="utf-8").splitlines()
+                if line.startswith("seed ")]  # fmt: skip
+        done = [sd for sd in dict.fromkeys(r[0] for r in rows) if sum(r[0] == sd for r in rows) == len(settings(args))]
+        args.seeds = [int(sd.split()[1]) for sd in done]
+        for _sd, label, blob in (r for r in rows if r[0] in done):
+            results.setdefault(label, []).append(json.loads(blob))
+        for sd in done:
+            last = json.loads(next(r[2] for r in reversed(rows) if r[0] == sd))
+            for name, dice in baselines(Path(last["run_dir"]), tiles).items():
+                base.setdefault(name, []).append(dice)
+    for seed in [] if args.from_log else args.seeds:
         for label, extra in settings(args):
             r = run_one(tiles, args.work, seed, extra, args)
             results.setdefault(label, []).append(r)
@@ -153,7 +165,8 @@ def main() -> None:
         f"{args.rounds} rounds, batch {args.batch}, lr {args.lr:g}, delta 1e-5, seeds {seeds}, "
         f"CPU {args.threads} threads",
         "",
-        "| setting | protects | sigma | epsilon PLD (RDP) | held-out Dice, mean of seeds | per seed | min / run |",
+        "| setting | protects | sigma | epsilon PLD (RDP) | held-out Dice, mean of seeds | per seed "
+        "| min / run (shared machine) |",
         "|---|---|---:|---:|---:|---|---:|",
     ]
     for label, rs in results.items():
