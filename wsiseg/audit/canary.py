@@ -20,8 +20,6 @@ what the accountant assumes.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +31,14 @@ from torch import nn
 
 from wsiseg.audit.invert import LocalRecipe
 from wsiseg.audit.onerun import epsilon_lower_bound, guess_from_scores
+from wsiseg.audit.release import local_update
 from wsiseg.errors import PrivacyError
 from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult, trainable_state
 from wsiseg.federated.strategies import make_strategy
 from wsiseg.privacy.accounting import epsilon_for_history
 from wsiseg.privacy.dpsgd import DpSgdConfig, dp_sgd_steps
-from wsiseg.train.loop import OptimConfig, make_optimizer, train_steps
+from wsiseg.train.loop import make_optimizer
 from wsiseg.train.losses import SegLoss
 
 __all__ = ["AUDITED_MODES", "CanaryConfig", "CanaryResult", "Directions", "run_canary_audit"]
@@ -199,16 +198,6 @@ class CanaryResult:
         }
 
 
-def _local_update(model: nn.Module, loss_fn: SegLoss, batch: Batch, recipe: LocalRecipe) -> Update:
-    trained = copy.deepcopy(model)
-    opt = make_optimizer(trained, OptimConfig(recipe.lr, recipe.momentum, recipe.weight_decay))
-    batches = itertools.repeat({"image": batch[0], "mask": batch[1]})
-    train_steps(trained, batches, opt, loss_fn, lr_at=lambda _s: recipe.lr, first_step=0, max_steps=recipe.steps,
-                amp=False, channels_last=False)  # fmt: skip
-    before = trainable_state(model)
-    return {n: v - before[n] for n, v in trainable_state(trained).items()}
-
-
 def _load_state(model: nn.Module, weights: Update) -> None:
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -225,8 +214,8 @@ def _client_level(cfg: CanaryConfig, model: nn.Module, loss_fn: SegLoss, sites: 
     scores = np.zeros(cfg.canaries)
     zero = {n: np.zeros_like(v) for n, v in trainable_state(model).items()}
     for rnd in range(cfg.rounds):
-        results = [ClientResult(f"site{i}", _local_update(model, loss_fn, b, recipe), {}, len(b[0]), recipe.steps,
-                                math.nan, 0.0) for i, b in enumerate(sites)]  # fmt: skip
+        results = [ClientResult(f"site{i}", local_update(model, loss_fn, x, y, recipe), {}, len(x), recipe.steps,
+                                math.nan, 0.0) for i, (x, y) in enumerate(sites)]  # fmt: skip
         for j in range(cfg.canaries):
             upd = dirs.update(j, 2 * cfg.clip) if included[j] else zero
             results.append(ClientResult(f"canary{j}", upd, {}, 1, 1, math.nan, 0.0))
@@ -255,7 +244,7 @@ def _sample_level(cfg: CanaryConfig, model: nn.Module, loss_fn: SegLoss, tiles: 
     scores = np.zeros(cfg.canaries)
     for rnd in range(cfg.rounds):
         before = trainable_state(model)
-        opt = make_optimizer(model, OptimConfig(recipe.lr, recipe.momentum, recipe.weight_decay))
+        opt = make_optimizer(model, recipe.optim())
         dp_sgd_steps(model, load, groups, sgd, opt, loss_fn, rate=cfg.sample_rate, steps=cfg.steps_per_round,
                      lr_at=lambda _s: recipe.lr, first_step=0, noise_rng=noise, data_rng=np.random.default_rng(rnd),
                      canaries=canaries)  # fmt: skip

@@ -22,6 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from wsiseg.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from wsiseg.train.loop import OptimConfig
 from wsiseg.train.losses import SegLoss
 
 __all__ = ["AttackConfig", "LocalRecipe", "Reconstruction", "invert_update", "simulate_update", "total_variation"]
@@ -37,6 +38,10 @@ class LocalRecipe:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     steps: int = 1
+
+    def optim(self) -> OptimConfig:
+        """The same settings as the training code's optimizer configuration."""
+        return OptimConfig(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
 
 @dataclass(frozen=True)

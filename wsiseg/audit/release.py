@@ -25,10 +25,10 @@ from wsiseg.errors import PrivacyError
 from wsiseg.privacy.clipping import clip_update, global_l2_norm
 from wsiseg.privacy.dpsgd import DpSgdConfig, clip_unit_sums, dp_sgd_steps, per_example_grads
 from wsiseg.privacy.noise import gaussian_noise_like
-from wsiseg.train.loop import OptimConfig, make_optimizer, train_steps
+from wsiseg.train.loop import make_optimizer, train_steps
 from wsiseg.train.losses import SegLoss
 
-__all__ = ["KINDS", "Condition", "Release", "release"]
+__all__ = ["KINDS", "Condition", "Release", "local_update", "release", "to_pixels"]
 
 #: Protections the attack models: ``raw`` update, ``clipped`` (central DP seen by the server, or clipping
 #: alone), ``noise`` (clip plus client-side Gaussian noise: local DP, the paper's mechanism), ``dp-sgd``.
@@ -88,14 +88,11 @@ def _delta(model: nn.Module, trained: nn.Module) -> dict[str, np.ndarray]:
             for n, p in trained.named_parameters() if p.requires_grad}  # fmt: skip
 
 
-def _optim(recipe: LocalRecipe) -> OptimConfig:
-    return OptimConfig(lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-
-
-def _plain(model: nn.Module, loss_fn: SegLoss, images: torch.Tensor, masks: torch.Tensor,
-           recipe: LocalRecipe) -> dict[str, np.ndarray]:  # fmt: skip
+def local_update(model: nn.Module, loss_fn: SegLoss, images: torch.Tensor, masks: torch.Tensor,
+                 recipe: LocalRecipe) -> dict[str, np.ndarray]:  # fmt: skip
+    """The site's plain update (new minus old trainable weights) after ``recipe.steps`` steps on the batch."""
     trained = copy.deepcopy(model)
-    opt = make_optimizer(trained, _optim(recipe))
+    opt = make_optimizer(trained, recipe.optim())
     batch = {"image": images, "mask": masks}
     train_steps(trained, itertools.repeat(batch), opt, loss_fn, lr_at=lambda _s: recipe.lr, first_step=0,
                 max_steps=recipe.steps, device=str(images.device), amp=False, channels_last=False)  # fmt: skip
@@ -106,7 +103,7 @@ def _dp_sgd(model: nn.Module, loss_fn: SegLoss, images: torch.Tensor, masks: tor
             cond: Condition, rng: np.random.Generator) -> Release:  # fmt: skip
     """DP-SGD steps with every tile of the batch sampled (the worst case: the target is in every step)."""
     trained = copy.deepcopy(model)
-    opt = make_optimizer(trained, _optim(recipe))
+    opt = make_optimizer(trained, recipe.optim())
     cfg = DpSgdConfig(clip=cond.clip, noise_multiplier=cond.sigma, unit="tile", physical_batch=max(1, len(images)))
 
     def load(idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +148,7 @@ def release(
     """
     if cond.kind == "dp-sgd":
         return _dp_sgd(model, loss_fn, images, masks, recipe, cond, rng)
-    update = _plain(model, loss_fn, images, masks, recipe)
+    update = local_update(model, loss_fn, images, masks, recipe)
     if cond.kind == "raw":
         return Release({n: torch.from_numpy(v) for n, v in update.items()}, global_l2_norm(update), 0.0)
     clipped, info = clip_update(update, cond.clip)
