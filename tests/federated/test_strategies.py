@@ -10,7 +10,8 @@ from wsiseg.cli import app
 from wsiseg.errors import ConfigError
 from wsiseg.federated.clients import ClientResult
 from wsiseg.federated.modes import DP_MODES
-from wsiseg.federated.strategies import STRATEGIES, CentralDp, FedAvg, LocalDp, make_strategy, strategy_class
+from wsiseg.federated.registry import STRATEGIES, make_strategy, strategy_class
+from wsiseg.federated.strategies import CentralDp, FedAvg, LocalDp
 from wsiseg.privacy.clipping import global_l2_norm
 from wsiseg.privacy.noise import make_generator
 

@@ -35,7 +35,7 @@ from wsiseg.audit.release import local_update
 from wsiseg.errors import PrivacyError
 from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult, trainable_state
-from wsiseg.federated.strategies import make_strategy
+from wsiseg.federated.registry import make_strategy
 from wsiseg.privacy.accounting import epsilon_for_history
 from wsiseg.privacy.dpsgd import DpSgdConfig, dp_sgd_steps
 from wsiseg.train.loop import make_optimizer

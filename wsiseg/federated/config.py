@@ -11,7 +11,7 @@ from wsiseg.config import checked_kwargs
 from wsiseg.data.units import PRIVACY_UNITS, load_patient_table
 from wsiseg.errors import ConfigError, PrivacyError
 from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, PARTITIONS
-from wsiseg.federated.strategies import strategy_class
+from wsiseg.federated.registry import strategy_class
 from wsiseg.privacy.dpsgd import DpSgdConfig
 from wsiseg.seeds import stream_seed
 
@@ -70,6 +70,8 @@ class FedConfig:
     device: str = "auto"
     amp: bool = True
     allow_no_noise: bool = False
+    secure_aggregation: bool = False
+    min_clients: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -97,6 +99,7 @@ class FedConfig:
             if not ok:
                 raise ConfigError(msg)
         self._check_noise()
+        self._check_secure()
         if self.dp == "sample":
             self.dp_sgd(self.noise_multiplier, load_table=False)  # range checks of q and chunking (exit 8)
 
@@ -117,6 +120,27 @@ class FedConfig:
                    "use --sigma > 0 (or --target-epsilon), or set allow_no_noise = true in the --config TOML "
                    "to run it anyway as a non-private run")  # fmt: skip
             raise PrivacyError(msg)
+
+    def _check_secure(self) -> None:
+        """Secure aggregation goes with the modes that noise at the site and have a bounded release (exit 8)."""
+        mode = strategy_class(self.dp)
+        if self.min_clients < 0:
+            msg = f"--min-clients must be >= 0 (0: every site), got {self.min_clients}"
+            raise PrivacyError(msg)
+        if self.secure_aggregation and not mode.secure and self.dp != "local":
+            hint = " (use --dp distributed: each site adds its share of the central noise)"
+            hint = hint if self.dp == "central" else ""
+            msg = f"--secure-aggregation works with --dp distributed or --dp local, not --dp {self.dp}{hint}"
+            raise PrivacyError(msg)
+        if mode.secure and self.fraction < 1:
+            msg = (f"--dp distributed needs --fraction 1 (got {self.fraction}): every site takes part and no "
+                   "amplification by sampling is claimed")  # fmt: skip
+            raise PrivacyError(msg)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the rounds are summed under secure aggregation (``--secure-aggregation`` or ``--dp distributed``)."""
+        return self.secure_aggregation or strategy_class(self.dp).secure
 
     @property
     def noise_multiplier(self) -> float:

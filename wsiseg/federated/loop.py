@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wsiseg.federated.clients import ClientResult
+from wsiseg.federated.distributed import SecureSum, aggregate_secure
 from wsiseg.federated.server import RunLogs, ServerState, aggregate_round, sample_clients
 from wsiseg.federated.strategies import FedAvg, RoundStats
 
@@ -78,8 +79,11 @@ class Transport(Protocol):
 
     def train(
         self, state: ServerState, strategy: FedAvg, rnd: int, picked: list[int]
-    ) -> list[tuple[int, ClientResult]]:
-        """Send round ``rnd`` to the picked clients; return ``(index, received)`` of those that answered."""
+    ) -> list[tuple[int, ClientResult]] | SecureSum:
+        """Send round ``rnd`` to the picked clients; return ``(index, received)`` of those that answered.
+
+        Under secure aggregation the server receives only the sum of the releases and who contributed.
+        """
         ...
 
     def private_state(self) -> dict[str, Any]:
@@ -122,15 +126,17 @@ def run_rounds(
         t0 = time.perf_counter()
         picked = sample_clients(state)
         got = transport.train(state, strategy, rnd, picked) if picked else []
-        results = [res for _, res in got]
+        secure = got if isinstance(got, SecureSum) else None
+        results = got.placeholders() if isinstance(got, SecureSum) else [res for _, res in got]
         if picked and not results and strategy.per_site_accounting:
             stopped = f"stopped at round {rnd}: every sampled site refused it (its epsilon would pass the budget)"
             break
         t_train = time.perf_counter() - t0 - transport.release_seconds
-        agg = aggregate_round(strategy, results, state)
+        agg = (aggregate_secure(strategy, secure, expected_clients=state.expected_clients) if secure is not None
+               else aggregate_round(strategy, results, state))  # fmt: skip
         state.apply(agg)
         t_dp = time.perf_counter() - t0 - t_train  # the clients' DP releases included
-        eps = state.record(rnd, results)
+        eps = state.record(rnd, results, noise_multiplier=strategy.round_multiplier(len(results)))
         report = evaluate(rnd) if evaluate is not None else None
         dice = None
         if report is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from wsiseg.errors import PrivacyError
 from wsiseg.federated.config import FedConfig
-from wsiseg.federated.strategies import strategy_class
+from wsiseg.federated.registry import strategy_class
 from wsiseg.privacy.accounting import epsilon_for_history, meaningful_warning
 from wsiseg.privacy.calibrate import calibrate_noise_multiplier, privacy_plan
 from wsiseg.privacy.noise import noise_std_sum

@@ -29,6 +29,7 @@ from wsiseg.federated.clients import (
     local_update,
 )
 from wsiseg.federated.config import FedConfig
+from wsiseg.federated.distributed import SecureSum, secure_ranges, secure_round
 from wsiseg.federated.loop import RoundRecord, run_rounds
 from wsiseg.federated.server import ServerState, calibrate_sigma, rng_state, set_rng_state
 from wsiseg.federated.strategies import FedAvg
@@ -85,9 +86,10 @@ class SimulatedClients:
 
     def train(
         self, state: ServerState, strategy: FedAvg, rnd: int, picked: list[int]
-    ) -> list[tuple[int, ClientResult]]:
-        """Train and release every picked client, in index order."""
-        out, self.release_seconds, self._site_rows = [], 0.0, []
+    ) -> list[tuple[int, ClientResult]] | SecureSum:
+        """Train and release every picked client, in index order (summed securely under secure aggregation)."""
+        out: list[tuple[int, ClientResult]] = []
+        self.release_seconds, self._site_rows = 0.0, []
         local = strategy.local_training(self.local)
         for i in picked:
             if self.ledgers and self._over_budget(state, i, local, rnd):
@@ -106,7 +108,14 @@ class SimulatedClients:
             self._site_rows.append({"round": rnd, "client": res.name, "examples": res.n_examples, "steps": res.steps,
                                     "loss": res.loss, "pre_clip_norm": released.pre_clip_norm or "",
                                     "refused": ""})  # fmt: skip
-            out.append((i, strategy.received(released)))
+            out.append((i, released if self.cfg.secure else strategy.received(released)))
+        if self.cfg.secure and out:
+            t0 = time.perf_counter()
+            n_params = sum(int(v.size) for v in out[0][1].update.values())
+            ranges = secure_ranges(strategy, n_params, len(self.clients))
+            summed = secure_round([(i, r.name, r.update) for i, r in out], ranges, self.rngs)
+            self.release_seconds += time.perf_counter() - t0
+            return summed
         return out
 
     def _over_budget(self, state: ServerState, i: int, local: LocalTraining, rnd: int) -> bool:

@@ -22,7 +22,9 @@ from wsiseg.errors import PrivacyError
 from wsiseg.federated.aggregate import apply_update
 from wsiseg.federated.clients import ClientResult, check_dp_model, trainable_state
 from wsiseg.federated.config import FedConfig
-from wsiseg.federated.strategies import FedAvg, RoundAggregate, make_strategy, strategy_class
+from wsiseg.federated.distributed import check_secure_plan, colluding_epsilon
+from wsiseg.federated.registry import make_strategy, strategy_class
+from wsiseg.federated.strategies import FedAvg, RoundAggregate
 from wsiseg.models import args_for_tiles, create_model
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
@@ -98,6 +100,10 @@ class ServerState:
         self.site_ledgers: dict[str, PrivacyLedger] = {}
         self.sigma = cfg.noise_multiplier
         self.start_round = 1
+        #: ``--min-clients`` resolved (0: every site): distributed DP calibrates its noise shares to it.
+        self.min_sites = cfg.min_clients or self.n_clients
+        #: SecAgg+ reconstruction threshold (checked before any round; ``--secagg-threshold``, else min_sites).
+        self.secagg_threshold = check_secure_plan(self.n_clients, self.min_sites) if cfg.secure else 0
 
     @property
     def sample_rate(self) -> float:
@@ -132,6 +138,8 @@ class ServerState:
             rng=self.noise_rng,
             scope=self.cfg.clip_scope,
             sgd=self.cfg.dp_sgd(self.sigma) if self.per_site else None,
+            min_sites=self.min_sites,
+            n_sites=self.n_clients,
         )
 
     def privacy_summary(self) -> dict[str, Any]:
@@ -141,6 +149,13 @@ class ServerState:
         if self.ledger is None:
             return {"dp": self.cfg.dp, "epsilon": None, "note": "no differential privacy"}
         eps = self.ledger.epsilon() if self.ledger.entries else 0.0
+        extra: dict[str, Any] = {}
+        if self.cfg.secure:
+            extra = {"secure_aggregation": "SecAgg+ (Flower); the server sees only the sum of the releases",
+                     "min_clients": self.min_sites}  # fmt: skip
+        if self.mode.secure:
+            extra.update(noise_shares=[e.n_clients_released for e in self.ledger.entries],
+                         epsilon_one_site_colluding=colluding_epsilon(self.ledger, 1))  # fmt: skip
         return {
             "dp": self.cfg.dp, "noise_multiplier": self.sigma, "clip": self.cfg.clip, "delta": self.cfg.delta,
             "sample_rate": self.sample_rate, "client_fraction": self.cfg.fraction,
@@ -154,6 +169,7 @@ class ServerState:
             "noise_source": "explicit --noise-seed (kept private)" if self.cfg.noise_seed is not None
                             else "os-entropy",
             "ledger": self.ledger.public_state_dict(),
+            **extra,
         }  # fmt: skip
 
     def site_epsilon(self, method: str = "pld") -> float:
@@ -248,8 +264,11 @@ class ServerState:
         self.model.load_state_dict(state)
         self.global_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def record(self, rnd: int, results: list[ClientResult]) -> float | None:
+    def record(self, rnd: int, results: list[ClientResult], *, noise_multiplier: float | None = None) -> float | None:
         """Record the round in the ledger; return the cumulative epsilon (None without DP).
+
+        ``noise_multiplier`` is the noise the round's release actually carries when the mode says so
+        (distributed DP: the shares of the sites that contributed); ``sigma`` otherwise.
 
         In sample mode each answering site's steps go into that site's mirrored account (from the ``q`` and
         steps it reported) and the worst site's epsilon is returned.
@@ -269,7 +288,8 @@ class ServerState:
             return self.site_epsilon()
         if self.ledger is None:
             return None
-        entry = self.ledger.record_round(round=rnd, noise_multiplier=self.sigma, sample_rate=self.sample_rate,
+        z = self.sigma if noise_multiplier is None else noise_multiplier
+        entry = self.ledger.record_round(round=rnd, noise_multiplier=z, sample_rate=self.sample_rate,
                                          clip=self.cfg.clip, n_clients_released=len(results),
                                          sensitivity=self.mode.sensitivity)  # fmt: skip
         return entry.epsilon_pld

@@ -4,8 +4,9 @@ Each DP mode is one class that wraps the plain aggregation strategy (the shape o
 owns every rule that depends on the mode: the sample rate the accountant may use, the sensitivity and the
 neighbouring relation it holds for, what leaves a site (:meth:`FedAvg.release`) and which scalars go with it
 (:meth:`FedAvg.reply_meta`), the denominator of the mean and the noise. :data:`STRATEGIES` registers them by
-name; the rest of wsiseg asks the registry (:func:`strategy_class`) and never compares mode names. Adding a
-mode means adding one class and one registry entry.
+name in :mod:`wsiseg.federated.registry`; the rest of wsiseg asks the registry (``strategy_class``) and never
+compares mode names. Adding a mode means adding one class and one registry entry. Distributed DP under secure
+aggregation is in :mod:`wsiseg.federated.distributed`.
 
 The maths lives in ``wsiseg.federated.aggregate`` (pure functions), so the in-process simulation and the
 Flower server run the same code.
@@ -16,22 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar, cast, get_args
+from typing import Any, ClassVar
 
 import numpy as np
 
 from wsiseg.errors import ConfigError
 from wsiseg.federated.aggregate import dp_client_update_local, dp_fedavg_central, fedavg
 from wsiseg.federated.clients import ClientResult, LocalTraining
-from wsiseg.federated.modes import DEFAULT_DP_MODE, DP_MODES, DpMode
+from wsiseg.federated.modes import DpMode
 from wsiseg.privacy.clipping import ClipScope, global_l2_norm
 from wsiseg.privacy.dpsgd import DpSgdConfig
 from wsiseg.privacy.noise import noise_std_sum
 
 __all__ = [
-    "DEFAULT_DP_MODE",
-    "DP_MODES",
-    "STRATEGIES",
     "CentralDp",
     "DpMode",
     "DpWrapper",
@@ -40,8 +38,6 @@ __all__ = [
     "RoundAggregate",
     "RoundStats",
     "SampleDp",
-    "make_strategy",
-    "strategy_class",
 ]
 
 Update = dict[str, np.ndarray]
@@ -100,6 +96,8 @@ class FedAvg:
     noises_at_site: ClassVar[bool] = False
     #: Whether each site accounts its own epsilon (DP-SGD) instead of one client-level ledger at the server.
     per_site_accounting: ClassVar[bool] = False
+    #: Whether the mode needs secure aggregation (the server may see only the sum of the releases).
+    secure: ClassVar[bool] = False
 
     @classmethod
     def accounted_rate(cls, fraction: float, *, secret_sampling: bool) -> float:
@@ -155,6 +153,11 @@ class FedAvg:
                            mean_update_norm=global_l2_norm(update))  # fmt: skip
         return RoundAggregate(update, _average_buffers(results, weights), stats)
 
+    def round_multiplier(self, contributors: int, colluders: int = 0) -> float | None:
+        """The noise multiplier of a round's release for the ledger (None: sigma as configured)."""
+        del contributors, colluders
+        return None
+
     def empty_round(self, template: Update, *, expected_clients: float) -> RoundAggregate:
         """The aggregate of a round in which no client was sampled: nothing moves."""
         del template, expected_clients
@@ -199,6 +202,10 @@ class DpWrapper(FedAvg):
         """Under DP nothing but the update tensors leaves a site (no counts, no loss)."""
         del result
         return {}
+
+    def site_noise_std(self) -> float:
+        """Per-coordinate noise std of one site's release (modes that noise at the site)."""
+        return noise_std_sum(self.noise_multiplier, self.clip)
 
     def _rng(self) -> np.random.Generator:
         if self.rng is None:
@@ -269,7 +276,7 @@ class LocalDp(DpWrapper):
     """
 
     mode = "local"
-    protection = 2
+    protection = 3
     sensitivity = 2.0
     noises_at_site = True
 
@@ -330,7 +337,7 @@ class SampleDp(DpWrapper):
     """
 
     mode = "sample"
-    protection = 3
+    protection = 4
     noises_at_site = True
     per_site_accounting = True
 
@@ -392,50 +399,6 @@ class SampleDp(DpWrapper):
         """No site answered: nothing moves (and no site spent budget)."""
         del template, expected_clients
         return RoundAggregate({}, {}, RoundStats(0))
-
-
-#: The registry of modes by ``--dp`` name.
-STRATEGIES: dict[str, type[FedAvg]] = {cls.mode: cls for cls in (FedAvg, CentralDp, LocalDp, SampleDp)}
-if set(STRATEGIES) != set(DP_MODES) or DEFAULT_DP_MODE not in STRATEGIES:  # pragma: no cover
-    msg = f"DP modes {DP_MODES} and registered strategies {tuple(STRATEGIES)} differ"
-    raise ImportError(msg)
-
-
-def strategy_class(mode: str) -> type[FedAvg]:
-    """The class of DP mode ``mode``.
-
-    Raises:
-        ConfigError: An unknown mode, naming the allowed ones.
-    """
-    try:
-        return STRATEGIES[mode]
-    except KeyError:
-        msg = f"--dp must be one of {', '.join(STRATEGIES)}, got {mode!r}"
-        raise ConfigError(msg) from None
-
-
-def make_strategy(
-    mode: str,
-    *,
-    clip: float,
-    noise_multiplier: float,
-    rng: np.random.Generator | None = None,
-    scope: str = "model",
-    sgd: DpSgdConfig | None = None,
-) -> FedAvg:
-    """An instance of mode ``mode`` (plain FedAvg for ``none``); ``sgd`` configures ``sample``.
-
-    Raises:
-        ConfigError: An unknown mode or clipping scope.
-    """
-    cls = strategy_class(mode)
-    if not cls.private:
-        return cls()
-    if scope not in get_args(ClipScope):
-        msg = f"--clip-scope must be one of {', '.join(get_args(ClipScope))}, got {scope!r}"
-        raise ConfigError(msg)
-    kwargs: dict[str, Any] = {"sgd": sgd} if cls is SampleDp else {}
-    return cls(clip=clip, noise_multiplier=noise_multiplier, rng=rng, scope=cast("ClipScope", scope), **kwargs)  # type: ignore[call-arg]
 
 
 def _average_buffers(results: Sequence[ClientResult], weights: Sequence[float]) -> dict[str, np.ndarray]:

@@ -69,8 +69,8 @@ def handle_train(node: dict[str, Any], content: RecordDict) -> RecordDict:
     from wsiseg.federated.config import FedConfig
     from wsiseg.federated.flower.messages import arrays_to_numpy, result_to_reply
     from wsiseg.federated.flower.site import ReleaseLog, SitePolicy, load_site, request_digest
+    from wsiseg.federated.registry import make_strategy
     from wsiseg.federated.rounds import local_training
-    from wsiseg.federated.strategies import make_strategy
     from wsiseg.models import create_model
     from wsiseg.privacy.clipping import global_l2_norm
 

@@ -35,7 +35,8 @@ from wsiseg.data.dataset import load_sources
 from wsiseg.data.partition import split_slides
 from wsiseg.errors import DataError, PrivacyError
 from wsiseg.federated.clients import Client, client_split_seed
-from wsiseg.federated.strategies import FedAvg, strategy_class
+from wsiseg.federated.registry import strategy_class
+from wsiseg.federated.strategies import FedAvg
 from wsiseg.fileio import atomic_output, atomic_write_text, private_dir
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
