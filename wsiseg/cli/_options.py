@@ -56,6 +56,7 @@ __all__ = [
     "RoundsOpt",
     "RunsOpt",
     "SampleRateOpt",
+    "SecureAggOpt",
     "SeedOpt",
     "SigmaOpt",
     "SlideMppOpt",
@@ -230,6 +231,16 @@ NoiseSeedOpt = Annotated[
     int | None,
     typer.Option(
         help="Seed DP noise and client sampling too: reproductions only (no amplification claimed).",
+        rich_help_panel=PRIVACY,
+    ),
+]
+
+SecureAggOpt = Annotated[
+    bool,
+    typer.Option(
+        "--secure-aggregation",
+        help="Sum the sites' releases under SecAgg+ (implied by --dp distributed; also --dp local): the server "
+        "sees only the sum.",
         rich_help_panel=PRIVACY,
     ),
 ]

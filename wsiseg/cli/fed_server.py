@@ -57,6 +57,20 @@ def fed_server(
     tiles_per_unit: o.TilesPerUnitOpt = 8,
     seed: o.SeedOpt = None,
     noise_seed: o.NoiseSeedOpt = None,
+    secure_aggregation: o.SecureAggOpt = False,
+    secagg_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="SecAgg+ reconstruction threshold, in [--min-clients, sites] (default --min-clients).",
+            rich_help_panel=o.PRIVACY,
+        ),
+    ] = None,
+    record_received: Annotated[
+        bool,
+        typer.Option(
+            help="Audit: save the masked vectors the server receives under RUN/received/.", rich_help_panel=o.PRIVACY
+        ),
+    ] = False,
     config: o.ConfigOpt = None,
     runs: o.RunsOpt = Path("runs"),
     resume: o.ResumeOpt = None,
@@ -92,6 +106,10 @@ def fed_server(
             msg = "give every site with --site NAME (at least two), in a fixed order: it sets each site's seeds"
             raise ConfigError(msg)
         cfg = _fed_config(ctx, config, sites, locals())
+        if cfg.secure:  # refused before any round runs (exit 8)
+            from wsiseg.federated.distributed import check_secure_plan
+
+            check_secure_plan(len(sites), min_clients, secagg_threshold)
         # the same plan, warnings and refusals as fed-train (sample mode: per site when q is public)
         print_plan(cfg, brief=not dry_run, sites=public_site_plans(cfg, list(sites)))
         if dry_run:
@@ -100,6 +118,7 @@ def fed_server(
         spec = ServerSpec(
             fed_config=cfg.to_dict(), sites=list(sites), run_dir=str(run_dir), min_clients=min_clients,
             round_timeout=round_timeout, wait_timeout=wait_timeout, round_retries=round_retries,
+            secagg_threshold=secagg_threshold, record_received=record_received,
         )  # fmt: skip
     if dry_run:
         return
@@ -129,8 +148,10 @@ def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given
     base = load_toml(config) if config else {}
     keys = ["rounds", "local_epochs", "local_steps", "fraction", "model", "batch_size", "lr", "dp", "sigma", "clip",
             "clip_scope", "delta", "target_epsilon", "seed", "noise_seed", "privacy_unit", "sample_rate",
-            "physical_batch", "tiles_per_unit"]  # fmt: skip
+            "physical_batch", "tiles_per_unit", "secure_aggregation"]  # fmt: skip
     explicit = {k: given[k] for k in keys if user_gave(ctx, k)}
     model_args = merged_model_args(base, given["norm"], given["img_size"])
     merged = {**base, **explicit, "model_args": model_args, "clients": len(sites), "data": (), "client_dirs": ()}
+    if merged.get("secure_aggregation") or merged.get("dp") == "distributed":
+        merged["min_clients"] = given["min_clients"]
     return FedConfig.from_dict(merged)

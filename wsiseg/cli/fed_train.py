@@ -58,6 +58,13 @@ def fed_train(
     patients: o.PatientsOpt = None,
     seed: o.SeedOpt = None,
     noise_seed: o.NoiseSeedOpt = None,
+    secure_aggregation: o.SecureAggOpt = False,
+    min_clients: Annotated[
+        int,
+        typer.Option(
+            help="--dp distributed: noise shares calibrated to this many sites (0: all).", rich_help_panel=o.PRIVACY
+        ),
+    ] = 0,
     eval_every: Annotated[
         int, typer.Option(help="Evaluate the global model every N rounds.", rich_help_panel=o.RUN)
     ] = 1,
@@ -96,6 +103,7 @@ def fed_train(
             "tiles_per_unit": tiles_per_unit, "patients": str(patients) if patients else None,
             "noise_seed": noise_seed, "test_fraction": test_fraction, "heldout": resolve_heldout(heldout),
             "eval_every": eval_every, "workers": workers, "device": device,
+            "secure_aggregation": secure_aggregation, "min_clients": min_clients,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
         if heldout and given(ctx, "test_fraction") and test_fraction != 0:

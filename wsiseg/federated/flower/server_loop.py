@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from wsiseg.classes import ClassTable
 from wsiseg.errors import ConfigError, WsisegError
 from wsiseg.federated.config import FedConfig
+from wsiseg.federated.distributed import SecureSum, check_secure_plan, secure_ranges
 from wsiseg.federated.flower.defaults import DEFAULT_ROUND_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 from wsiseg.federated.flower.messages import numpy_to_arrays, reply_to_result
 from wsiseg.federated.loop import RoundRecord, run_rounds
@@ -50,6 +52,10 @@ class ServerSpec:
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
     round_retries: int = 2
     resume: bool = False
+    #: SecAgg+ reconstruction threshold (None: ``min_clients``); only with secure aggregation.
+    secagg_threshold: int | None = None
+    #: Save the masked vectors the server receives under ``<run>/received/`` (an audit of secure aggregation).
+    record_received: bool = False
 
     @classmethod
     def load(cls, path: str | Path) -> ServerSpec:
@@ -114,11 +120,15 @@ class FlowerSites:
         self.sites, self.spec, self.log, self.rounds = sites, spec, log, state.cfg.rounds
         run_dir, start_round = state.run_dir, state.start_round
         self.flog = CsvLog(run_dir / "flower_rounds.csv", keep_until=("round", float(start_round - 1)))
+        self.stage_log = CsvLog(run_dir / "secagg_stages.csv", keep_until=("round", float(start_round - 1)))
         self.release_seconds = 0.0
 
-    def train(self, state: ServerState, strategy: FedAvg, rnd: int, picked: list[int]) -> list[tuple[int, Any]]:
+    def train(
+        self, state: ServerState, strategy: FedAvg, rnd: int, picked: list[int]
+    ) -> list[tuple[int, Any]] | SecureSum:
         """Send round ``rnd`` to the picked sites until enough answer."""
-        del strategy  # the sites apply the mode; what comes back is what the server receives
+        if state.cfg.secure:
+            return _collect_secure(state, strategy, self, picked, rnd)
         return _collect(state, self.sites, self.spec, picked, rnd, self.log)
 
     def private_state(self) -> dict[str, Any]:
@@ -159,6 +169,9 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
         raise WsisegError(msg)
     log(f"sites online: {sorted(spec.sites[i] for i in sites.node_of)}")
     cfg = FedConfig.from_dict(spec.fed_config)
+    if cfg.secure:  # the sites calibrate their noise shares to the server's --min-clients
+        cfg = replace(cfg, min_clients=spec.min_clients)
+        check_secure_plan(len(spec.sites), spec.min_clients, spec.secagg_threshold)
     folder = RunFolder.existing(Path(spec.run_dir), private=True)
     state = ServerState(cfg, folder.path, "cpu", ClassTable.from_list(sites.info["classes"]),
                         sites.info["tiling"], list(spec.sites),
@@ -177,13 +190,17 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
     return result
 
 
-def _train_messages(state: ServerState, sites: _Sites, picked: list[int], rnd: int) -> list[Message]:
-    glob = numpy_to_arrays({k: v.detach().cpu().numpy() for k, v in state.global_weights.items()})
-    base: dict[str, Any] = {
+def _round_config(state: ServerState, sites: _Sites, rnd: int) -> dict[str, Any]:
+    return {
         "round": rnd, "train-seed": state.cfg.train_seed, "sigma": float(state.sigma),
         "fed-config": json.dumps(state.cfg.to_dict(), sort_keys=True), "model-args": json.dumps(state.model_args),
-        "run-key": state.run_dir.resolve().as_posix(),
+        "run-key": state.run_dir.resolve().as_posix(), "n-sites": len(sites.sites),
     }  # fmt: skip
+
+
+def _train_messages(state: ServerState, sites: _Sites, picked: list[int], rnd: int) -> list[Message]:
+    glob = numpy_to_arrays({k: v.detach().cpu().numpy() for k, v in state.global_weights.items()})
+    base = _round_config(state, sites, rnd)
     return [
         Message(
             RecordDict({"global": glob, "config": ConfigRecord({**base, "client-index": i})}),
@@ -224,4 +241,38 @@ def _collect(state: ServerState, sites: _Sites, spec: ServerSpec, picked: list[i
             f"attempt {attempt + 1}/{spec.round_retries + 1}")  # fmt: skip
     msg = (f"round {rnd}: fewer than --min-clients {need} sites answered within {spec.round_timeout:g} s; "
            f"the last round is checkpointed: fix the sites and rerun with --resume")  # fmt: skip
+    raise WsisegError(msg)
+
+
+def _collect_secure(state: ServerState, strategy: FedAvg, transport: FlowerSites, picked: list[int],
+                    rnd: int) -> SecureSum:  # fmt: skip
+    """Run round ``rnd`` through SecAgg+ until it unmasks with at least ``--min-clients`` contributors.
+
+    Raises:
+        WsisegError: The round could not be unmasked after its retries (the last round is checkpointed).
+    """
+    from wsiseg.federated.clients import trainable_state
+    from wsiseg.federated.flower.secure import secure_collect
+
+    sites, spec = transport.sites, transport.spec
+    layout = [(n, tuple(v.shape)) for n, v in trainable_state(state.model).items()]
+    ranges = secure_ranges(strategy, sum(int(np.prod(s)) for _, s in layout), len(spec.sites))
+    threshold = check_secure_plan(len(spec.sites), state.min_sites, spec.secagg_threshold)
+    glob = {k: v.detach().cpu().numpy() for k, v in state.global_weights.items()}
+    record = Path(state.run_dir) / "received" if spec.record_received else None
+    for attempt in range(spec.round_retries + 1):
+        sites.refresh(timeout=spec.round_timeout)
+        nodes = {sites.node_of[i]: i for i in picked if i in sites.node_of}
+        if len(nodes) >= state.min_sites:
+            out = secure_collect(sites.grid, rnd=rnd, nodes=nodes, names=spec.sites,
+                                 config=_round_config(state, sites, rnd), glob=glob, update_layout=layout,
+                                 ranges=ranges, threshold=threshold, timeout=spec.round_timeout,
+                                 stage_log=transport.stage_log, record_dir=record, say=transport.log)  # fmt: skip
+            if out is not None and len(out.contributors) >= state.min_sites:
+                return out
+        transport.log(f"round {rnd}: secure aggregation did not close with --min-clients {state.min_sites} sites; "
+                      f"attempt {attempt + 1}/{spec.round_retries + 1}")  # fmt: skip
+    msg = (f"round {rnd}: secure aggregation did not close with --min-clients {state.min_sites} sites within "
+           f"{spec.round_timeout:g} s a stage; the last round is checkpointed: fix the sites and rerun with "
+           "--resume")  # fmt: skip
     raise WsisegError(msg)
