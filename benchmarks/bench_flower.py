@@ -33,23 +33,26 @@ def _cohort(root: Path) -> None:
             tile_many([s.slide_path], root / site, TilingConfig(window=128, stride=128, size=64), workers=1)
 
 
-def _flower(root: Path, cfg: Any) -> tuple[float, Path]:
+def flower_run(root: Path, cfg: Any, *, sites: list[str] = SITES, tag: str = "flower-run",
+               min_clients: int = 3) -> tuple[float, Path]:  # fmt: skip
+    """One federation over real Flower processes (TLS, node auth) on 127.0.0.1: ``(seconds, run folder)``."""
     from wsiseg.federated.flower import launch
     from wsiseg.federated.flower.certificates import make_trial_certs
     from wsiseg.federated.flower.federation import SiteOptions, run_server, start_site
     from wsiseg.federated.flower.server_loop import ServerSpec
 
-    certs = make_trial_certs(root / "certs", SITES, hosts=["127.0.0.1"])
+    work = root / tag
+    certs = make_trial_certs(work / "certs", sites, hosts=["127.0.0.1"])
     port = launch.free_port()
-    spec = ServerSpec(fed_config=cfg.to_dict(), sites=SITES, run_dir=str(root / "flower-run"), min_clients=3,
+    spec = ServerSpec(fed_config=cfg.to_dict(), sites=sites, run_dir=str(work / "run"), min_clients=min_clients,
                       round_timeout=600, wait_timeout=120)  # fmt: skip
     procs = []
 
     def ready() -> None:
-        for s in SITES:
+        for s in sites:
             d = certs.site_dirs[s]
             procs.append(start_site(SiteOptions(data=root / s, site=s, server=f"127.0.0.1:{port}",
-                                                state_dir=root / f"state-{s}", ca_cert=d / "ca.crt",
+                                                state_dir=work / f"state-{s}", ca_cert=d / "ca.crt",
                                                 node_key=d / "node.key", port=launch.free_port(), device="cpu",
                                                 threads=1)))  # fmt: skip
 
@@ -63,7 +66,7 @@ def _flower(root: Path, cfg: Any) -> tuple[float, Path]:
         for p in procs:
             launch.stop(p)
     if code != 0:
-        msg = f"Flower run failed; see {root / 'flower-run' / 'flower' / 'flwr-run.log'}"
+        msg = f"Flower run failed; see {work / 'run' / 'flower' / 'flwr-run.log'}"
         raise SystemExit(msg)
     return time.perf_counter() - t0, Path(spec.run_dir)
 
@@ -91,7 +94,7 @@ def main() -> None:
         t0 = time.perf_counter()
         sim = run_federated(cfg, runs_root=root / "sim", on_round=lambda r: sim_rounds.append(r.seconds))
         sim_total = time.perf_counter() - t0
-        fl_total, fl_dir = _flower(root, cfg)
+        fl_total, fl_dir = flower_run(root, cfg)
         fl_rounds = [float(r["seconds"]) for r in csv.DictReader((fl_dir / "flower_rounds.csv").open())]
         a = load_checkpoint(sim.run_dir / "checkpoints" / "final").weights
         b = load_checkpoint(fl_dir / "checkpoints" / "final").weights

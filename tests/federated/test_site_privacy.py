@@ -108,3 +108,27 @@ def test_site_noise_does_not_come_from_the_server(tiles64: Path, tmp_path: Path)
     assert all(c[k].tobytes() == d[k].tobytes() for k in c)
     noise = gaussian_noise_like(c, 0.5 * 0.5, make_generator(99)[0])
     assert _norm({k: c[k] - noise[k] for k in c}) <= 0.5 * 1.001  # the clipped update, exposed by the seed
+
+
+def test_distributed_round_outside_secure_aggregation_is_refused(tiles64: Path, tmp_path: Path) -> None:
+    # a server asking for noise shares without SecAgg+ would see each site's update with 1/sqrt(m) of the noise
+    node = _node(tiles64, tmp_path / "site", **{"require-dp": "distributed"})
+    with pytest.raises(PrivacyError, match="outside secure aggregation"):
+        handle_train(node, _request(1, dp="distributed"))
+    with pytest.raises(PrivacyError, match="requires --dp distributed"):
+        handle_train(node, _request(1, dp="central"))
+    assert not list((tmp_path / "site").glob("release-*"))  # nothing released
+
+
+def test_secagg_session_with_a_low_threshold_or_another_grid_is_refused() -> None:
+    from wsiseg.federated.flower.client_app import _check_secagg
+    from wsiseg.privacy.secure_sum import choose_ranges
+
+    r = choose_ranges(clip=0.5, noise_std=0.2, n_params=1000, n_sites=4)
+    ok = {"threshold": 3, "sample_num": 4, "clipping_range": r.clipping_range, "target_range": r.quantization_range,
+          "mod_range": r.modulus_range}  # fmt: skip
+    _check_secagg("a", ok, r, 3)
+    with pytest.raises(PrivacyError, match="threshold 2"):
+        _check_secagg("a", {**ok, "threshold": 2}, r, 3)
+    with pytest.raises(PrivacyError, match="another grid"):
+        _check_secagg("a", {**ok, "clipping_range": r.clipping_range * 2}, r, 3)
