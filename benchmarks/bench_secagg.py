@@ -20,12 +20,12 @@ import argparse
 import csv
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_flower import flower_run  # this folder is on sys.path when the script runs
 
 SITES = ["site0", "site1", "site2", "site3"]
 DHUNET_PARAMS = 55_400_000
@@ -86,6 +86,9 @@ def arithmetic(d: int = 1 << 20, n: int = 4) -> dict[str, float]:
 
 def main() -> None:
     """Run (a) and (b), print the tables, optionally append them to RESULTS.md."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_flower import flower_run  # the Flower harness shared with bench_flower
+
     from wsiseg.federated.config import FedConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
