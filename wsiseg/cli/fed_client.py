@@ -33,7 +33,7 @@ def fed_client(
         str,
         typer.Option(
             click_type=click.Choice(list(DP_MODES)),
-            help="Refuse rounds in a weaker DP mode than this.",
+            help="Refuse rounds in a weaker DP mode than this (none < central < distributed < local < sample).",
             rich_help_panel=o.PRIVACY,
         ),
     ] = "none",
