@@ -36,15 +36,21 @@ def test_predict_values(wsiseg: Callable[..., Any], patch: Path, tmp_path: Path,
 
 
 @pytest.mark.parametrize(
-    ("case", "args"), [("export --alpha 5", ["--alpha", "5"]), ("export --as bogus", ["--as", "bogus"])]
+    ("case", "args", "named", "not_named"),
+    [
+        ("export --alpha 5", ["--alpha", "5"], "--alpha", "--as"),
+        ("export --as bogus", ["--as", "bogus"], "--as", "--alpha"),
+    ],
 )
 def test_export_values_refused_before_writing(wsiseg: Callable[..., Any], patch: Path, tmp_path: Path, case: str,
-                                              args: list[str]) -> None:  # fmt: skip
-    """Before: exit 70 after the overlay was already written."""
+                                              args: list[str], named: str, not_named: str) -> None:  # fmt: skip
+    """Before: exit 70 after the overlay was already written; then a bad --alpha was reported as a bad --as too."""
     out = tmp_path / "export"
     run = wsiseg(case, "export", patch.with_name("p_mask.png"), "--slide", patch, "--out", out, *args)
     assert run.exit_code == 2, run.output
     assert "nothing was written" in run.error
+    assert named in run.error
+    assert not_named not in run.error  # only the bad value is named
     assert not out.exists()
 
 

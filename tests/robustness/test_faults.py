@@ -319,3 +319,15 @@ def test_sigterm_runs_the_ctrl_c_cleanup(tmp_path: Path) -> None:
     assert "stopped" in out
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_markup_in_run_paths_is_printed_as_text(wsiseg: Callable[..., Any], tiles64: Path, tmp_path: Path) -> None:
+    """Before: `fed-train --runs '[red]runs'` printed the run folder through Rich markup (the tag vanished)."""
+    runs = tmp_path / "[red]runs"
+    run = wsiseg("run folder name with Rich markup", "fed-train", "--data", tiles64, "--clients", "2", "--partition",
+                 "by-site", "--rounds", "1", "--local-steps", "1", "--batch-size", "4", "--model", "dhunet_tiny",
+                 "--img-size", "64", "--dp", "none", "--device", "cpu", "--runs", runs)  # fmt: skip
+    assert run.exit_code == 0, run.output
+    text = run.output.replace("\n", "")
+    assert "[red]runs" in text
+    assert "done:" in text

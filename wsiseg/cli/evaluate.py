@@ -154,4 +154,4 @@ def _write(report: Any, baselines: dict[str, Any], out: Path | None) -> None:
     atomic_write_text(out / "metrics.csv", lines.getvalue())
     data = {**report.to_dict(), "baselines": {n: b.to_dict() for n, b in baselines.items()}}
     atomic_write_text(out / "metrics.json", json.dumps(data, indent=2))
-    console.print(f"written: {out / 'metrics.csv'}, {out / 'metrics.json'}", highlight=False)
+    console.print(f"written: {out / 'metrics.csv'}, {out / 'metrics.json'}", highlight=False, markup=False)

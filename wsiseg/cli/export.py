@@ -34,9 +34,11 @@ def export(
     from wsiseg.errors import ConfigError, WsisegError, from_os_error, is_fatal_storage_error
     from wsiseg.export.report import export_mask
 
-    if object_type not in {"annotation", "detection"} or not 0.0 <= alpha <= 1.0:
-        msg = (f"--as must be annotation or detection (got {object_type!r}) and --alpha in 0..1 (got {alpha}); "
-               "nothing was written")  # fmt: skip
+    bad = ([f"--as must be annotation or detection, got {object_type!r}"]
+           if object_type not in {"annotation", "detection"} else [])  # fmt: skip
+    bad += [] if 0.0 <= alpha <= 1.0 else [f"--alpha must be in 0..1, got {alpha}"]
+    if bad:
+        msg = "; ".join(bad) + "; nothing was written"
         raise ConfigError(msg)
     if slides is not None and not slides.is_dir():
         msg = f"--slides {slides}: no such folder; pass the folder that holds the slides named like the masks"

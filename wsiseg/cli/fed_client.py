@@ -7,6 +7,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 
 from wsiseg.cli import _options as o
 from wsiseg.federated.modes import DP_MODES
@@ -106,18 +107,19 @@ def fed_client(
                        ca_cert=ca_path, node_key=key_path, port=port, device=device, require_dp=require_dp,
                        threads=threads, min_sigma=min_sigma, max_clip=max_clip, noise_seed=noise_seed,
                        max_epsilon=max_epsilon, patients=patients)  # fmt: skip
-    console.print(f"site {name}: connecting to {server}; log {opts.state_dir / 'supernode.log'}", highlight=False)
+    console.print(f"site {name}: connecting to {server}; log {opts.state_dir / 'supernode.log'}", highlight=False,
+                  markup=False)  # fmt: skip
     while True:
         proc = start_site(opts)
         try:
             code = proc.wait()
         except KeyboardInterrupt:
             launch.stop(proc)
-            console.print(f"site {name}: stopped")
+            console.print(f"site {name}: stopped", markup=False)
             return
         log = opts.state_dir / "supernode.log"
-        console.print(f"[yellow]site {name}: SuperNode exited with code {code}[/] (305: refused, e.g. key not "
-                      f"registered on the server); log {log}", highlight=False)  # fmt: skip
+        console.print(f"[yellow]site {escape(name)}: SuperNode exited with code {code}[/] (305: refused, e.g. key "
+                      f"not registered on the server); log {escape(str(log))}", highlight=False)  # fmt: skip
         if retry_seconds <= 0:
             raise typer.Exit(code or 1)
         time.sleep(retry_seconds)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from wsiseg.cli import _options as o
 from wsiseg.federated.flower.defaults import DEFAULT_ROUND_TIMEOUT, DEFAULT_WAIT_TIMEOUT
@@ -132,11 +133,11 @@ def fed_server(
             raise ConfigError(msg)
         tls, keys = launch.Tls(certs / "ca.crt", certs / "server.pem", certs / "server.key"), certs / "site-keys"
     code = run_server(spec, host=host, port=port, tls=tls, site_keys=keys,
-                      say=lambda line: console.print(line, highlight=False))  # fmt: skip
+                      say=lambda line: console.print(line, highlight=False, markup=False))  # fmt: skip
     if code != 0:
         raise typer.Exit(code)
-    console.print(f"[green]done:[/] {spec.run_dir}; final checkpoint {Path(spec.run_dir) / 'checkpoints' / 'final'}",
-                  highlight=False)  # fmt: skip
+    console.print(f"[green]done:[/] {escape(spec.run_dir)}; final checkpoint "
+                  f"{escape(str(Path(spec.run_dir) / 'checkpoints' / 'final'))}", highlight=False)  # fmt: skip
 
 
 def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given: dict[str, Any]) -> Any:

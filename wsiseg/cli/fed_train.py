@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from wsiseg.cli import _options as o
 from wsiseg.federated.modes import DEFAULT_DP_MODE
@@ -116,7 +117,7 @@ def fed_train(
     print_plan(cfg, brief=True, sites=_site_plans(cfg))
     result = run_federated(cfg, runs_root=runs, resume_dir=resume, on_round=_printer(cfg))
     _finish(result, cfg)
-    console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False)
+    console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False, markup=False)
 
 
 def _site_plans(cfg: Any) -> list[tuple[str, int, float, int]] | None:
@@ -151,16 +152,18 @@ def _finish(result: Any, cfg: Any) -> None:
     from wsiseg.privacy.accounting import meaningful_warning
 
     if result.stopped_early:
-        console.print(f"[yellow]{result.stopped_early}[/]", highlight=False)
+        console.print(f"[yellow]{escape(result.stopped_early)}[/]", highlight=False)
     final = result.final_metrics or {}
     mean, paper = final.get("mean_dice"), final.get("paper", {}).get("dice")
     dice_txt = f"{mean:.4f}" if isinstance(mean, float) else "-"
     dice_txt += f" (paper Dice {paper:.4f})" if isinstance(paper, float) else ""
     if result.epsilon is None:
-        console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out mean Dice {dice_txt}  "
+        console.print(f"[green]done:[/] {escape(str(result.run_dir))}  rounds {result.rounds_done}  held-out mean Dice "
+                      f"{dice_txt}  "
                       "no differential privacy", highlight=False)  # fmt: skip
         return
-    console.print(f"[green]done:[/] {result.run_dir}  rounds {result.rounds_done}  held-out mean Dice {dice_txt}  "
+    console.print(f"[green]done:[/] {escape(str(result.run_dir))}  rounds {result.rounds_done}  held-out mean Dice "
+                  f"{dice_txt}  "
                   f"epsilon {result.epsilon:.4g} at delta {cfg.delta:g} ({_level(cfg)})", highlight=False)  # fmt: skip
     warning = meaningful_warning(result.epsilon)
     if warning:

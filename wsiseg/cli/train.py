@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from wsiseg.cli import _options as o
 
@@ -92,9 +93,10 @@ def train(
 
         result = run_training(cfg, runs_root=runs, run_dir=resume, resume=resume is not None, on_epoch=on_epoch,
                               on_step=on_step)  # fmt: skip
-    console.print(f"[green]done:[/] {result.run_dir}  ({result.stop_reason} after {result.epochs_done} epochs)")
+    console.print(f"[green]done:[/] {escape(str(result.run_dir))}  ({escape(result.stop_reason)} after "
+                  f"{result.epochs_done} epochs)", highlight=False)  # fmt: skip
     if result.final_report is not None:
         show_scores(
             result.final_report, result.baselines, note="held-out slides; baselines fitted on the training slides"
         )
-    console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}")
+    console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False, markup=False)
