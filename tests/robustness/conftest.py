@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +89,45 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     """Print the fuzz suite's counts (set by ``test_fuzz``) after the results."""
     for line in getattr(config, "_wsiseg_fuzz_report", []):
         terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted under ``tmp_path`` (skip where mounting is not allowed)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt: Path, keep: int = 0) -> None:
+    """Fill the file system until at most ``keep`` bytes are free (``keep=0``: to the last byte, real ENOSPC)."""
+    with (mnt / "filler").open("wb") as fh:
+        try:
+            while (free := os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize) > keep:
+                fh.write(b"\0" * min(65536, max(1, free - keep)))
+                fh.flush()
+        except OSError:
+            pass
+    if keep:
+        return
+    try:
+        with (mnt / "filler").open("ab") as fh:
+            while True:
+                fh.write(b"\0")
+                fh.flush()
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def fill() -> Callable[..., None]:
+    """``fill(mnt, keep=0)``: fill a file system to the last byte, or until ``keep`` bytes are free."""
+    return _fill

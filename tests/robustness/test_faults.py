@@ -12,7 +12,7 @@ import shutil
 import struct
 import subprocess
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,42 +50,8 @@ def png_declaring(path: Path, width: int, height: int) -> Path:
     return path
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs mounted under ``tmp_path`` (skip where mounting is not allowed)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def _remount_ro(mnt: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-
-
-def _fill(mnt: Path) -> None:
-    """Fill the file system to the last byte (real ENOSPC on the next write)."""
-    with (mnt / "filler").open("wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    try:
-        with (mnt / "filler").open("ab") as fh:
-            while True:
-                fh.write(b"\0")
-                fh.flush()
-    except OSError:
-        pass
 
 
 def _no_scratch(folder: Path) -> None:
@@ -135,13 +101,15 @@ def test_read_only_file_system(wsiseg: Callable[..., Any], tmp_path: Path, small
         assert "read-only" in run.error, run.error
 
 
-def test_full_disk_stops_the_batch_and_keeps_what_is_done(tmp_path: Path, small_fs: Path) -> None:
+def test_full_disk_stops_the_batch_and_keeps_what_is_done(
+    tmp_path: Path, small_fs: Path, fill: Callable[..., None]
+) -> None:
     """Before: ENOSPC failed (or crashed) slide after slide; now the batch stops, slide 1 kept and listed."""
     sources = [_patch(tmp_path / "in" / f"s{i}.png", seed=i) for i in range(3)]
 
     def fill_before_second(source: Path, index: int) -> None:
         if index == 1:
-            _fill(small_fs)
+            fill(small_fs)
 
     out = small_fs / "tiles"
     with pytest.raises(StorageError, match=r"no space left.*batch stopped: 1 of the slides"):
@@ -155,11 +123,11 @@ def test_full_disk_stops_the_batch_and_keeps_what_is_done(tmp_path: Path, small_
 
 
 def test_full_disk_during_export_leaves_no_partial_file(wsiseg: Callable[..., Any], tmp_path: Path,
-                                                        small_fs: Path) -> None:  # fmt: skip
+                                                        small_fs: Path, fill: Callable[..., None]) -> None:  # fmt: skip
     slide = _patch(tmp_path / "p.png")
     out = small_fs / "export"
     out.mkdir()
-    _fill(small_fs)
+    fill(small_fs)
     run = wsiseg("full disk during export", "export", slide.with_name("p_mask.png"), "--slide", slide, "--out", out)
     assert run.exit_code == StorageError.exit_code, run.output
     assert "no space left" in run.error

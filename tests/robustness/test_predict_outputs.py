@@ -82,3 +82,30 @@ def test_rerun_completes_missing_probability_maps(wsiseg: Callable[..., Any], ch
     assert not scratch.exists()
     again = _predict(wsiseg, "predict --probs rerun, all complete", checkpoint, out, slide, "--probs")
     assert "exists" in again.output
+
+
+def test_full_disk_during_probability_maps(wsiseg: Callable[..., Any], checkpoint: Path, tmp_path: Path,
+                                           small_fs: Path, fill: Callable[..., None]) -> None:  # fmt: skip
+    """The disk fills up after the mask while the --probs maps are written: exit 9, no partial file under a final
+    name, no scratch left, and the rerun with space again completes exactly the missing maps."""
+    slide = _patch(tmp_path / "big.png", 5)
+    ref = tmp_path / "ref"
+    assert _predict(wsiseg, "predict --probs (reference)", checkpoint, ref, slide, "--probs").exit_code == 0
+    mask_bytes = (ref / "big.tif").stat().st_size
+    probs = [p.stat().st_size for p in prob_map_paths(ref / "big.tif", DEFAULT_CLASSES)]
+    out = small_fs / "pred"
+    out.mkdir()
+    fill(small_fs, keep=mask_bytes + sum(probs) // 3)  # room for the mask and about one map
+    run = _predict(wsiseg, "full disk during predict --probs", checkpoint, out, slide, "--probs")
+    assert run.exit_code == 9, run.output
+    assert "no space left" in run.error
+    names = {p.name for p in out.iterdir()}
+    assert not [n for n in names if n.startswith(".") or n.endswith((".partial", ".tmp"))], names
+    for p in prob_map_paths(out / "big.tif", DEFAULT_CLASSES):  # a map under its final name is a whole map
+        if p.is_file():
+            assert p.read_bytes() == (ref / p.name).read_bytes()
+    (small_fs / "filler").unlink()
+    again = _predict(wsiseg, "predict --probs rerun after a full disk", checkpoint, out, slide, "--probs")
+    assert again.exit_code == 0, again.output
+    for p in [out / "big.tif", *prob_map_paths(out / "big.tif", DEFAULT_CLASSES)]:
+        assert p.read_bytes() == (ref / p.name).read_bytes()

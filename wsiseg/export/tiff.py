@@ -25,6 +25,7 @@ is removed and no output appears.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -228,10 +229,15 @@ class MaskTiffWriter:
         return self.path
 
     def abort(self) -> None:
-        """Discard everything written so far (scratch folder included). Idempotent."""
+        """Discard everything written so far (scratch folder included). Idempotent, and never raises.
+
+        Closing a raw file flushes its buffer, which fails again on a full disk; the scratch folder is removed
+        regardless.
+        """
         self._done = True
         for raw in self._raw:
-            raw.close()
+            with contextlib.suppress(OSError):  # the flush of a full disk's buffer: the file is deleted anyway
+                raw.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> MaskTiffWriter:
