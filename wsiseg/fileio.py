@@ -6,6 +6,8 @@ leaves a half-written file under the final name, and a failed write leaves no te
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +32,9 @@ def atomic_output(path: str | os.PathLike[str], *, private: bool = False) -> Ite
         path: Final destination; its folder must exist.
         private: Keep the file owner-only (0600), for state that must not be shared.
 
+    Temporary files that an earlier writer of ``path`` left when it was killed are removed first (one writer per
+    destination at a time is assumed).
+
     Yields:
         The temporary file path to write to (same folder, so the replace is atomic).
 
@@ -40,6 +45,9 @@ def atomic_output(path: str | os.PathLike[str], *, private: bool = False) -> Ite
     if not path.parent.is_dir():
         msg = f"cannot write {path}: folder {path.parent} does not exist; create it first"
         raise DataError(msg)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a writer killed mid-write
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)

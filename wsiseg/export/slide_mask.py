@@ -103,9 +103,10 @@ def prediction_done(target: Path, slide_path: Path, classes: ClassTable, *, prob
         DataError: ``target`` holds the prediction of another slide (two inputs would share one output).
     """
     if target.parent.is_dir():
-        for stale in target.parent.glob(f".{target.name}.*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+        for out in (target, *prob_map_paths(target, classes)):  # the mask's and every map's writer
+            for stale in target.parent.glob(f".{out.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
     if not target.exists():
         return False
     try:
