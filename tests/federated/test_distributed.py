@@ -104,3 +104,22 @@ def test_cli_refuses_bad_secure_settings_with_exit_8(tmp_path: Path) -> None:
                               "--dry-run"])  # fmt: skip
     assert res.exit_code == 8, res.output
     assert "--dp distributed" in res.output
+
+
+def test_local_dp_releases_summed_securely_stay_within_the_grid_bound() -> None:
+    from wsiseg.federated.distributed import aggregate_secure, secure_ranges
+    from wsiseg.privacy.secure_sum import quantisation_bound
+
+    s = make_strategy("local", clip=0.5, noise_multiplier=0.5)
+    rngs = [np.random.default_rng(10 + i) for i in range(3)]
+    rel = [s.release(ClientResult(f"c{i}", {"w": np.full(2000, 0.001 * i, np.float32)}, {}, 1, 1, 0.0, 0.0),
+                     rngs[i]).update for i in range(3)]  # fmt: skip
+    ranges = secure_ranges(s, 2000, 3)
+    out = secure_round([(i, f"c{i}", r) for i, r in enumerate(rel)], ranges, rngs)
+    plain = sum(r["w"].astype(np.float64) for r in rel)
+    assert np.abs(out.total["w"] - plain).max() <= quantisation_bound(ranges, 3, noise_rounded=False)
+    agg = aggregate_secure(s, out, expected_clients=3)
+    assert np.allclose(agg.update["w"], plain / 3, atol=ranges.step)
+    assert s.round_multiplier(3) is None  # local DP is accounted as before (sigma, replace-one)
+    with pytest.raises(PrivacyError, match="not --dp central"):
+        secure_ranges(make_strategy("central", clip=0.5, noise_multiplier=1.0), 10, 3)
