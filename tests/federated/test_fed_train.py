@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from wsiseg.cli import app
-from wsiseg.errors import DataError, PrivacyError
+from wsiseg.errors import ConfigError, DataError, PrivacyError
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.rounds import run_federated
 from wsiseg.train.checkpoint import load_checkpoint
@@ -124,3 +124,16 @@ def test_dry_run_prints_plan_and_warning(tiles64: Path) -> None:
     assert "no meaningful formal privacy" in text
     assert "C/sigma" not in text.replace(" ", "")
     assert np.isfinite(float(text.split("noise std on the sum ")[1].split(",")[0]))
+
+
+def test_time_budget_stops_after_a_round_with_a_final_checkpoint(tiles64: Path, tmp_path: Path) -> None:
+    # a budget that every round exceeds: the run stops after round 1 of 3, cleanly, whatever the machine's speed
+    res = run_federated(_cfg(tiles64, dp="central", sigma=1.0, rounds=3, local_steps=1, time_budget=1e-9),
+                        runs_root=tmp_path)  # fmt: skip
+    assert res.rounds_done == 1
+    assert "time budget" in res.stopped_early
+    card = json.loads((res.run_dir / "checkpoints" / "final.json").read_text())
+    assert card["round"] == 1
+    assert len(card["privacy"]["ledger"]["entries"]) == 1  # only what was released is accounted
+    with pytest.raises(ConfigError, match="--time-budget"):
+        _cfg(tiles64, time_budget=0)

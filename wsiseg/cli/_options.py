@@ -53,6 +53,7 @@ __all__ = [
     "PretrainedOpt",
     "PrivacyUnitOpt",
     "ResumeOpt",
+    "RoundBudgetOpt",
     "RoundsOpt",
     "RunsOpt",
     "SampleRateOpt",
@@ -136,6 +137,15 @@ TimeBudgetOpt = Annotated[
     float | None,
     typer.Option(
         help="Wall-clock budget in seconds: stop cleanly with a final checkpoint; the LR decays to fit it.",
+        rich_help_panel=RUN,
+    ),
+]
+RoundBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--time-budget",
+        help="Wall-clock budget in seconds: stop after the round that reaches it, with a final checkpoint "
+        "(the per-round LR schedule is not stretched).",
         rich_help_panel=RUN,
     ),
 ]

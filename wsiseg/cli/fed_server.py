@@ -59,6 +59,7 @@ def fed_server(
     seed: o.SeedOpt = None,
     noise_seed: o.NoiseSeedOpt = None,
     secure_aggregation: o.SecureAggOpt = False,
+    time_budget: o.RoundBudgetOpt = None,
     secagg_threshold: Annotated[
         int | None,
         typer.Option(
@@ -149,7 +150,7 @@ def _fed_config(ctx: typer.Context, config: Path | None, sites: list[str], given
     base = load_toml(config) if config else {}
     keys = ["rounds", "local_epochs", "local_steps", "fraction", "model", "batch_size", "lr", "dp", "sigma", "clip",
             "clip_scope", "delta", "target_epsilon", "seed", "noise_seed", "privacy_unit", "sample_rate",
-            "physical_batch", "tiles_per_unit", "secure_aggregation"]  # fmt: skip
+            "physical_batch", "tiles_per_unit", "secure_aggregation", "time_budget"]  # fmt: skip
     explicit = {k: given[k] for k in keys if user_gave(ctx, k)}
     model_args = merged_model_args(base, given["norm"], given["img_size"])
     merged = {**base, **explicit, "model_args": model_args, "clients": len(sites), "data": (), "client_dirs": ()}

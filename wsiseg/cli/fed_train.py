@@ -60,6 +60,7 @@ def fed_train(
     seed: o.SeedOpt = None,
     noise_seed: o.NoiseSeedOpt = None,
     secure_aggregation: o.SecureAggOpt = False,
+    time_budget: o.RoundBudgetOpt = None,
     min_clients: Annotated[
         int,
         typer.Option(
@@ -104,7 +105,7 @@ def fed_train(
             "tiles_per_unit": tiles_per_unit, "patients": str(patients) if patients else None,
             "noise_seed": noise_seed, "test_fraction": test_fraction, "heldout": resolve_heldout(heldout),
             "eval_every": eval_every, "workers": workers, "device": device,
-            "secure_aggregation": secure_aggregation, "min_clients": min_clients,
+            "secure_aggregation": secure_aggregation, "min_clients": min_clients, "time_budget": time_budget,
         }  # fmt: skip
         explicit = {k: v for k, v in flags.items() if given(ctx, k)}
         if heldout and given(ctx, "test_fraction") and test_fraction != 0:

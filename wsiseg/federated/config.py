@@ -72,6 +72,7 @@ class FedConfig:
     allow_no_noise: bool = False
     secure_aggregation: bool = False
     min_clients: int = 0
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -94,6 +95,10 @@ class FedConfig:
             (self.private or self.target_epsilon is None, "--target-epsilon needs a DP mode (--dp)"),
             (self.noise_seed is None or self.noise_seed >= 0, "--noise-seed must be a non-negative integer"),
             (self.privacy_unit in PRIVACY_UNITS, f"--privacy-unit must be one of {', '.join(PRIVACY_UNITS)}"),
+            (
+                self.time_budget is None or (0 < self.time_budget < math.inf),
+                f"--time-budget must be a positive number of seconds, got {self.time_budget}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:

@@ -119,6 +119,7 @@ def run_rounds(
     strategy = state.strategy()
     logs = RunLogs(state.run_dir, state.start_round - 1)
     last, metrics, stopped = state.start_round - 1, {}, ""
+    started = time.monotonic()
     for rnd in range(state.start_round, cfg.rounds + 1):
         stopped = state.budget_stop(rnd)
         if stopped:
@@ -153,6 +154,10 @@ def run_rounds(
             on_round(record)
         if stop_after is not None and rnd >= stop_after:
             return RunOutcome(rnd, eps, metrics, f"stopped after round {rnd} as asked")
+        if cfg.time_budget is not None and rnd < cfg.rounds and time.monotonic() - started >= cfg.time_budget:
+            stopped = (f"time budget of {cfg.time_budget:g} s reached after round {rnd} of {cfg.rounds}; the final "
+                       "checkpoint is this round's (continue with --resume and a new budget)")  # fmt: skip
+            break
     state.save_final(last)
     logs.plots()
     return RunOutcome(last, state.privacy_summary().get("epsilon"), metrics, stopped)
