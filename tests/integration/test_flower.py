@@ -220,6 +220,17 @@ def test_site_split_matches_simulation_clients(cohort: Path) -> None:
         assert site.name == c.name
         assert site.train.slide_ids == c.train.slide_ids
         assert (site.heldout.slide_ids if site.heldout else []) == (c.heldout.slide_ids if c.heldout else [])
+    # a site's own --heldout list fixes its split exactly as fed-train --heldout fixes the simulation's
+    held = (sim[0].train.slide_ids[0],)
+    fixed = build_clients(data=(), client_dirs=cfg.client_dirs, n_clients=3, partition="iid", alpha=0.5,
+                          test_fraction=cfg.test_fraction, seed=cfg.train_seed, heldout=held)  # fmt: skip
+    site = load_site(cohort / SITES[0], name=SITES[0], index=0, test_fraction=cfg.test_fraction, seed=cfg.train_seed,
+                     heldout=held)  # fmt: skip
+    assert site.heldout is not None
+    assert site.heldout.slide_ids == list(held) == fixed[0].heldout.slide_ids  # type: ignore[union-attr]
+    assert site.train.slide_ids == fixed[0].train.slide_ids
+    with pytest.raises(ConfigError, match="not in the dataset"):
+        load_site(cohort / SITES[0], name=SITES[0], index=0, test_fraction=0.3, seed=1, heldout=("nope",))
 
 
 def test_site_noise_state_continues_across_processes(tmp_path: Path) -> None:

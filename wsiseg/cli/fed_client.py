@@ -65,6 +65,7 @@ def fed_client(
         ),
     ] = None,
     patients: o.PatientsOpt = None,
+    heldout: o.HeldoutOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for local training.")] = None,
     retry_seconds: Annotated[
         float, typer.Option(help="Restart the SuperNode this long after it exits (0: stop).")
@@ -106,7 +107,8 @@ def fed_client(
     opts = SiteOptions(data=data, site=name, server=server, state_dir=state_dir or Path(".wsiseg-site") / name,
                        ca_cert=ca_path, node_key=key_path, port=port, device=device, require_dp=require_dp,
                        threads=threads, min_sigma=min_sigma, max_clip=max_clip, noise_seed=noise_seed,
-                       max_epsilon=max_epsilon, patients=patients)  # fmt: skip
+                       max_epsilon=max_epsilon, patients=patients,
+                       heldout=o.resolve_heldout(heldout))  # fmt: skip
     console.print(f"site {name}: connecting to {server}; log {opts.state_dir / 'supernode.log'}", highlight=False,
                   markup=False)  # fmt: skip
     while True:

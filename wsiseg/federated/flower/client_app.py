@@ -122,7 +122,9 @@ def _train_release(node: dict[str, Any], conf: dict[str, Any], arrays: dict[str,
         update, meta = stored
         log.info("site %s round %d: identical request resent; resending the same release", site, rnd)
         return ClientResult(site, update, {}, 1, 0, math.nan, 0.0), meta
-    client = load_site(node["data"], name=site, index=index, test_fraction=cfg.test_fraction, seed=seed)
+    heldout = tuple(json.loads(str(node.get("heldout", "") or "[]")))
+    client = load_site(node["data"], name=site, index=index, test_fraction=cfg.test_fraction, seed=seed,
+                       heldout=heldout)  # fmt: skip
     device = resolve_device(str(node.get("device", "auto")))
     model = create_model(cfg.model, num_classes=len(client.train.classes), **json.loads(str(conf["model-args"])))
     model.to(device)

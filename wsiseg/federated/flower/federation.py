@@ -156,6 +156,7 @@ class SiteOptions:
     noise_seed: int | None = None
     max_epsilon: float | None = None
     patients: Path | None = None
+    heldout: tuple[str, ...] = ()
 
 
 def start_site(opts: SiteOptions) -> subprocess.Popen[bytes]:
@@ -179,6 +180,7 @@ def start_site(opts: SiteOptions) -> subprocess.Popen[bytes]:
         "noise-seed": "" if opts.noise_seed is None else str(int(opts.noise_seed)),
         "max-epsilon": "" if opts.max_epsilon is None else repr(float(opts.max_epsilon)),
         "patients": "" if opts.patients is None else opts.patients.resolve().as_posix(),
+        "heldout": json.dumps(list(opts.heldout)),
     })  # fmt: skip
     env = launch.flower_env(opts.state_dir / "flwr-home")
     if opts.threads:

@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from wsiseg.data.dataset import load_sources
-from wsiseg.data.partition import split_slides
+from wsiseg.data.partition import explicit_split, split_slides
 from wsiseg.errors import DataError, PrivacyError
 from wsiseg.federated.clients import Client, client_split_seed
 from wsiseg.federated.registry import strategy_class
@@ -44,17 +44,25 @@ from wsiseg.privacy.noise import make_generator
 __all__ = ["NoiseState", "ReleaseLog", "SiteLedger", "SitePolicy", "load_site", "request_digest"]
 
 
-def load_site(data: str | Path, *, name: str, index: int, test_fraction: float, seed: int) -> Client:
+def load_site(data: str | Path, *, name: str, index: int, test_fraction: float, seed: int,
+              heldout: tuple[str, ...] = ()) -> Client:  # fmt: skip
     """The site's training and held-out slides, split as the simulation splits client ``index``.
+
+    With ``heldout`` (the site's own ``fed-client --heldout`` list, which never leaves it) exactly those slides
+    are held out instead.
 
     Raises:
         DataError: Missing or empty tile dataset.
+        ConfigError: A held-out slide the site does not have, or every slide held out.
     """
     src = load_sources([data])
     if not src.records:
         msg = f"{data}: site {name} has no tiles; run `wsiseg tile` there first"
         raise DataError(msg)
     ids = src.slide_ids
+    if heldout:
+        train_ids, test_ids = explicit_split(ids, heldout)
+        return Client(name, src.subset(train_ids), src.subset(test_ids))
     if len(ids) >= 2:
         train_ids, test_ids = split_slides(ids, test_fraction=test_fraction, seed=client_split_seed(seed, index))
         return Client(name, src.subset(train_ids), src.subset(test_ids))
