@@ -21,6 +21,7 @@ from wsiseg.inference.stitching import BandStitcher, RowSink, StitchGeometry, st
 from wsiseg.slide import Slide
 from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.plan import plan_windows
+from wsiseg.tiling.window import plan_reads
 
 __all__ = ["PredictPlan", "PredictSettings", "plan_prediction", "run_prediction"]
 
@@ -37,6 +38,8 @@ class PredictSettings:
         channels_last: channels_last inputs on CUDA.
         emit_probs: Also stream per-class probabilities to the sink.
         min_tissue: Tissue fraction a window needs to be predicted (others are background).
+        strips: Read tiled TIFF/SVS levels in strips, each stored tile decoded once per reader process
+            (False: one ``read_region`` per window; same pixels, see ``wsiseg.slide.strips``).
     """
 
     batch_size: int = 16
@@ -46,6 +49,7 @@ class PredictSettings:
     channels_last: bool = True
     emit_probs: bool = False
     min_tissue: float = 0.1
+    strips: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ def run_prediction(
     num_classes = int(getattr(model, "num_classes", 0)) or _probe_classes(model, tiling.size, settings.device)
     stitcher = BandStitcher(geo.width, geo.height, geo.window, geo.stride, num_classes, sink,
                             emit_probs=settings.emit_probs)  # fmt: skip
-    ds = WindowDataset(slide, plan.origins, plan.level, plan.read_size, tiling.size, tiling.resize)
+    reads = plan_reads(slide, plan.level, strips=settings.strips)
+    ds = WindowDataset(slide, plan.origins, plan.level, plan.read_size, tiling.size, tiling.resize, reads)
     loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
                         pin_memory=settings.device.startswith("cuda"),
                         persistent_workers=False)  # fmt: skip

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from wsiseg.data.dataset import to_tensor
 from wsiseg.slide import Slide
-from wsiseg.tiling.window import read_window
+from wsiseg.tiling.window import ReadPlan, WindowReader
 
 __all__ = ["WindowDataset"]
 
@@ -18,7 +18,10 @@ class WindowDataset(Dataset[tuple[torch.Tensor, int]]):
     """Windows of one slide as normalised tensors, read exactly as ``wsiseg tile`` reads them.
 
     The slide object holds only its path and opens its handle lazily in whichever process reads, so
-    DataLoader workers (fork or spawn) each get their own handle.
+    DataLoader workers (fork or spawn) each get their own handle. Tiled TIFF/SVS levels are read in strips
+    (:class:`wsiseg.tiling.window.WindowReader`): each process decodes a stored tile once while its windows
+    move down the slide. Any index order is served correctly; increasing indices (``shuffle=False``, which
+    each worker of a DataLoader also sees) keep memory at about one strip per process.
 
     Args:
         slide: The slide.
@@ -27,6 +30,7 @@ class WindowDataset(Dataset[tuple[torch.Tensor, int]]):
         read_size: Window side at that level.
         size: Model input side.
         resize: Resize kernel name (the one the model was trained with).
+        plan: Strip or per-window reading (None: chosen from the slide, see ``plan_reads``).
     """
 
     def __init__(
@@ -37,15 +41,16 @@ class WindowDataset(Dataset[tuple[torch.Tensor, int]]):
         read_size: int,
         size: int,
         resize: str,
+        plan: ReadPlan | None = None,
     ) -> None:
         self.slide = slide
         self.origins = list(origins)
         self.level, self.read_size, self.size = level, read_size, size
         self.resize = resize
+        self.reader = WindowReader(slide, self.origins, level, read_size, size, resize, plan)
 
     def __len__(self) -> int:
         return len(self.origins)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = read_window(self.slide, self.origins[index], self.level, self.read_size, self.size, self.resize)
-        return to_tensor(img), index
+        return to_tensor(self.reader.read(index)), index

@@ -12,7 +12,7 @@ import multiprocessing as mp
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from wsiseg.slide import Slide, open_slide
 from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.manifest import SlideEntry, TileRecord, write_tiles_csv
 from wsiseg.tiling.plan import plan_windows
-from wsiseg.tiling.window import read_window
+from wsiseg.tiling.window import ReadPlan, WindowReader, plan_reads, row_chunks
 
 __all__ = ["LabelSource", "batch_ids", "crop_labels", "same_source", "slide_id_for", "tile_slide"]
 
@@ -139,16 +139,45 @@ def _init_worker(slide: Slide, labels: LabelSource | None, job: dict[str, Any]) 
     _STATE.update(slide=slide, labels=labels, job=job)
 
 
-def _tile_chunk(chunk: Sequence[tuple[int, int, float]]) -> list[TileRecord]:
-    slide: Slide = _STATE["slide"]
+def _chunk_reader(chunk: Sequence[tuple[int, int, float]]) -> WindowReader:
+    """A reader over ``chunk``'s windows with the slide's read plan (strips or per window)."""
+    job = _STATE["job"]
+    config: TilingConfig = job["config"]
+    origins = [(x, y) for x, y, _ in chunk]
+    return WindowReader(_STATE["slide"], origins, job["level"], job["read"], config.size, config.resize, job["reads"])
+
+
+def _tile_chunk(
+    chunk: Sequence[tuple[int, int, float]], images: Iterator[Image.Image] | None = None
+) -> list[TileRecord]:
+    """Write the tiles of ``chunk``; ``images`` yields its windows (default: a reader over the chunk alone)."""
     labels: LabelSource | None = _STATE["labels"]
     job = _STATE["job"]
     config: TilingConfig = job["config"]
     work = Path(job["work"])
+    reader = None
+    if images is None:
+        reader = _chunk_reader(chunk)
+        images = iter(reader)
+    try:
+        return _write_tiles(chunk, images, labels, job, config, work)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _write_tiles(
+    chunk: Sequence[tuple[int, int, float]],
+    images: Iterator[Image.Image],
+    labels: LabelSource | None,
+    job: dict[str, Any],
+    config: TilingConfig,
+    work: Path,
+) -> list[TileRecord]:
+    """Save each window of ``chunk`` (and its mask tile) and return the records."""
     out: list[TileRecord] = []
-    for x, y, frac in chunk:
+    for (x, y, frac), img in zip(chunk, images, strict=False):
         name = f"{job['id']}_x{x}_y{y}"
-        img = read_window(slide, (x, y), job["level"], job["read"], config.size, config.resize)
         image_rel = f"{job['id']}/images/{name}.{config.image_format}"
         if config.image_format == "jpg":
             img.save(work / "images" / f"{name}.jpg", quality=90)
@@ -195,6 +224,7 @@ def tile_slide(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
     sid: str | None = None,
+    strips: bool = True,
 ) -> SlideEntry:
     """Tile one slide into ``out_dir/<slide id>/`` and return its manifest entry.
 
@@ -209,6 +239,8 @@ def tile_slide(
         workers: Reader processes (1 reads in this process).
         progress: Called with ``(done, total)`` windows as chunks finish.
         sid: The output id (default :func:`slide_id_for`; a batch passes :func:`batch_ids`).
+        strips: Read tiled TIFF/SVS levels in strips, decoding each stored tile once (False: one
+            ``read_region`` per window; the pixels are the same, see :mod:`wsiseg.slide.strips`).
 
     Returns:
         The slide's entry (also written to ``<id>/slide.json``).
@@ -247,7 +279,7 @@ def tile_slide(
     if labels is not None:
         (work / "masks").mkdir()
     job = {"config": config, "work": str(work), "id": sid, "level": level, "read": read, "window": window,
-           "mpp": mpp, "site": site}  # fmt: skip
+           "mpp": mpp, "site": site, "reads": plan_reads(slide, level, strips=strips)}  # fmt: skip
     try:
         records = _run_chunks(slide, labels, job, keep, workers, progress)
         _preview(thumb, tissue, [(x, y) for x, y, _ in keep], ds, window).save(work / "preview.png")
@@ -279,16 +311,25 @@ def _run_chunks(
     progress: Callable[[int, int], None] | None,
 ) -> list[TileRecord]:
     chunk_size = max(1, min(64, len(keep) // max(1, workers * 4) or 1))
-    chunks = [keep[i : i + chunk_size] for i in range(0, len(keep), chunk_size)]
+    reads: ReadPlan = job["reads"]
+    if reads.layout is not None and workers > 1:
+        # whole grid rows per chunk, so the strip readers of two workers share only the tiles at chunk borders
+        target = max(chunk_size, len(keep) // (workers * 4))
+        chunks = [keep[a:b] for a, b in row_chunks([(x, y) for x, y, _ in keep], target)]
+    else:
+        chunks = [keep[i : i + chunk_size] for i in range(0, len(keep), chunk_size)]
     records: list[TileRecord] = []
     if workers <= 1:
         _init_worker(slide, labels, job)
+        reader = _chunk_reader(keep)  # one pass over the whole slide
+        images = iter(reader)
         try:
             for chunk in chunks:
-                records.extend(_tile_chunk(chunk))
+                records.extend(_tile_chunk(chunk, images))
                 if progress:
                     progress(len(records), len(keep))
         finally:
+            reader.close()
             _STATE.clear()
         return records
     slide.close()  # each worker opens its own handle lazily

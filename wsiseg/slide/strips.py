@@ -1,0 +1,378 @@
+"""Strip reading: decode each stored tile of a pyramid level once per pass and cut the windows from memory.
+
+With 50 % window overlap every stored JPEG tile under a window is decoded again by up to four windows when each
+window calls ``read_region``. A :class:`StripReader` is given the whole list of window origins up front: it
+reads the compressed tiles of the level straight from the TIFF (tifffile), decodes each one the first time a
+window needs it, keeps it while a later window still needs it, and drops it after the last one. In raster order
+that holds about one strip of tiles: a band of the level as tall as a window plus a stride.
+
+Pixels follow the backend's ``read_region`` contract, so windows match the per-window path:
+
+- the decode is the same libjpeg-turbo / OpenJPEG decode openslide and tiffslide use, so level reads at whole
+  level pixels are identical;
+- openslide places a level-0 origin that falls between level pixels (downsample not a whole number) with a
+  bilinear shift; the strip reader does the same shift in 7-bit fixed point (openslide's pixels differ by at
+  most a few grey levels there); tiffslide truncates to whole level pixels and so does the reader;
+- pixels outside the level, and tiles that are not stored, are white.
+
+:func:`tile_layout` says whether a slide level can be read this way; when it cannot (not a TIFF, stripped
+pages, a vendor layout with overlapping tiles, a codec imagecodecs lacks), callers keep per-window reads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from wsiseg.errors import SlideError
+from wsiseg.slide import Slide
+from wsiseg.slide._tiffslide import is_tiff
+from wsiseg.slide.protocol import RGBArray
+
+__all__ = ["StripReader", "TileLayout", "tile_layout"]
+
+#: openslide vendors whose levels are plain tiled TIFF pages with tiles on a regular grid.
+_GRID_VENDORS = frozenset({"aperio", "generic-tiff"})
+#: MINISBLACK, RGB, YCbCr.
+_PHOTOMETRIC_OK = frozenset({1, 2, 6})
+#: Fraction bits of openslide's (cairo/pixman) bilinear weights.
+_BITS = 7
+_ONE = 1 << _BITS
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Where one slide level's tiles are and how windows map onto them (small and picklable).
+
+    Attributes:
+        path: The TIFF file.
+        series: tifffile series index of the slide image.
+        series_level: Index of the level in that series.
+        level: The slide's level index.
+        width: Level width in pixels.
+        height: Level height in pixels.
+        tile_width: Stored tile width.
+        tile_height: Stored tile height.
+        downsample: The slide's downsample of the level (level-0 px per level px).
+        subpixel: True for openslide's bilinear placement of fractional origins, False to truncate (tiffslide).
+        codec: Compression name, for messages.
+    """
+
+    path: str
+    series: int
+    series_level: int
+    level: int
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    downsample: float
+    subpixel: bool
+    codec: str
+
+    @property
+    def tiles_across(self) -> int:
+        """Number of tile columns."""
+        return -(-self.width // self.tile_width)
+
+    @property
+    def tiles_down(self) -> int:
+        """Number of tile rows."""
+        return -(-self.height // self.tile_height)
+
+    def describe(self) -> str:
+        """One line for logs: level, size, tile and codec."""
+        return (
+            f"level {self.level} ({self.width}x{self.height}, {self.tile_width}x{self.tile_height} {self.codec} tiles)"
+        )
+
+
+def tile_layout(slide: Slide, level: int) -> TileLayout | str:
+    """Return the tile layout of ``slide``'s ``level``, or the reason it cannot be strip-read.
+
+    Args:
+        slide: An open slide.
+        level: The pyramid level the windows are read from.
+
+    Returns:
+        A :class:`TileLayout`, or a short reason (``"not a TIFF file"``, ``"level 0 is not tiled"``...).
+    """
+    import tifffile
+
+    backend, vendor = slide.backend, slide.vendor
+    if backend == "openslide" and vendor not in _GRID_VENDORS:
+        return f"openslide {vendor} layout is not read by strips"
+    if backend == "tiffslide" and vendor not in (None, "aperio", "svs"):
+        return f"tiffslide {vendor} layout is not read by strips"
+    if backend not in ("openslide", "tiffslide"):
+        return f"{backend} images are not read by strips"
+    if not 0 <= level < slide.level_count:
+        return f"level {level} does not exist"
+    if not is_tiff(slide.path):
+        return "not a TIFF file"
+    width, height = slide.level_dimensions[level]
+    try:
+        with tifffile.TiffFile(slide.path) as tif:
+            found = _find_level(tif, width, height)
+            if isinstance(found, str):
+                return f"level {level}: {found}"
+            series, index, page = found
+            problem = _page_problem(page)
+            if problem:
+                return f"level {level} {problem}"
+            codec = _codec_name(page)
+            if not _decodes(tif, page):
+                return f"level {level}: {codec} tiles do not decode here (codec missing)"
+            tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
+    except Exception as err:  # any tifffile failure means: use the backend
+        return f"tifffile cannot read it ({type(err).__name__}: {err})"
+    return TileLayout(
+        str(slide.path), series, index, level, width, height, tile_w, tile_h,
+        float(slide.level_downsamples[level]), backend == "openslide", codec,
+    )  # fmt: skip
+
+
+def _find_level(tif: Any, width: int, height: int) -> tuple[int, int, Any] | str:
+    """The first series level whose page has the slide level's size, as ``(series, level, page)``."""
+    for s, series in enumerate(tif.series[:1]):  # the slide image is series 0 for svs, ome and generic
+        for i, lvl in enumerate(series.levels):
+            page = lvl.keyframe
+            if int(page.imagewidth) == width and int(page.imagelength) == height:
+                return s, i, page
+    return f"no TIFF page is {width}x{height}"
+
+
+def _page_problem(page: Any) -> str:
+    """Why a page cannot be strip-read, or ``""``."""
+    if not page.is_tiled:
+        return "is not tiled"
+    if int(getattr(page, "imagedepth", 1)) != 1 or int(getattr(page, "tiledepth", 1)) != 1:
+        return "is a volume"
+    if page.dtype != np.uint8:
+        return f"has {page.dtype} pixels"
+    if int(page.samplesperpixel) not in (1, 3) or (int(page.samplesperpixel) == 3 and int(page.planarconfig) != 1):
+        return f"has {page.samplesperpixel} planar={int(page.planarconfig)} samples (alpha or separate planes)"
+    if int(page.photometric) not in _PHOTOMETRIC_OK:
+        return f"has photometric {int(page.photometric)}"
+    return ""
+
+
+def _codec_name(page: Any) -> str:
+    """Compression name of a page (``JPEG``, ``APERIO_JP2000_RGB``, ``33003``...)."""
+    comp = page.compression
+    return str(getattr(comp, "name", comp))
+
+
+def _decodes(tif: Any, page: Any) -> bool:
+    """True when the first stored tile of ``page`` decodes to the tile shape."""
+    for i, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts, strict=False)):
+        if count > 0:
+            decode, tables = page.decode, page.jpegtables  # both may read tags: before the seek
+            tif.filehandle.seek(offset)
+            data = tif.filehandle.read(count)
+            try:
+                arr = decode(data, i, jpegtables=tables, _fullsize=True)[0]
+            except Exception:
+                return False
+            return arr is not None and int(arr.size) == page.tilelength * page.tilewidth * page.samplesperpixel
+    return True  # nothing stored: every tile is white
+
+
+class StripReader:
+    """Windows of one level, cut from tiles that are each decoded once per pass.
+
+    The reader is planned over ``origins`` and serves ``read(i)`` for any index, but it is built for increasing
+    indices (a raster pass, or one DataLoader worker's share of it): a tile is dropped once the current index
+    is past the last planned window that uses it. Any other order stays correct (a dropped tile is decoded
+    again) and memory stays bounded by ``max_tiles``. The file is opened lazily in the reading process and
+    not pickled, so the reader can be handed to worker processes; it is not thread-safe.
+
+    Args:
+        layout: The level's tiles (from :func:`tile_layout`).
+        origins: Level-0 ``(x, y)`` window origins, in the order windows will be read.
+        read_size: Window side in pixels of the level.
+        max_tiles: Most decoded tiles kept (default: two strips of the plan).
+
+    Attributes:
+        decodes: Tiles decoded so far by this process (the count the tests and benchmarks report).
+        reads: Windows returned so far.
+        peak_tiles: Most decoded tiles held at once.
+    """
+
+    def __init__(
+        self, layout: TileLayout, origins: Sequence[tuple[int, int]], read_size: int, *, max_tiles: int | None = None
+    ) -> None:
+        if read_size <= 0:
+            msg = f"read_size must be positive, got {read_size}"
+            raise ValueError(msg)
+        self.layout = layout
+        self.origins = [(int(x), int(y)) for x, y in origins]
+        self.read_size = int(read_size)
+        self._spans = [self._span(x, y) for x, y in self.origins]
+        self._last_use: dict[tuple[int, int], int] = {}
+        for i, span in enumerate(self._spans):
+            for key in self._tiles_of(span):
+                self._last_use[key] = i
+        band = -(-(self.read_size + 1) // layout.tile_height) + 1
+        self.max_tiles = max_tiles or max(16, 2 * layout.tiles_across * band)
+        self._cache: OrderedDict[tuple[int, int], RGBArray | None] = OrderedDict()
+        self._file: Any = None
+        self._pid: int | None = None
+        self.decodes = 0
+        self.reads = 0
+        self.peak_tiles = 0
+
+    # -- geometry ------------------------------------------------------------------------------
+
+    def _span(self, x: int, y: int) -> tuple[int, int, int, int, int]:
+        """``(x0, y0, side, wx, wy)``: the level-pixel square to cut and the bilinear weights (0 = none)."""
+        fx, fy = x / self.layout.downsample, y / self.layout.downsample
+        if not self.layout.subpixel:
+            return int(fx), int(fy), self.read_size, 0, 0
+        ix, iy = math.floor(fx), math.floor(fy)
+        # pixman's weight: the 16.16 fixed-point fraction cut to _BITS bits
+        wx = (round((fx - ix) * 65536) >> (16 - _BITS)) & (_ONE - 1)
+        wy = (round((fy - iy) * 65536) >> (16 - _BITS)) & (_ONE - 1)
+        side = self.read_size + (1 if wx or wy else 0)
+        return ix, iy, side, wx, wy
+
+    def _tiles_of(self, span: tuple[int, int, int, int, int]) -> Iterator[tuple[int, int]]:
+        """The stored tiles ``(col, row)`` under a span (only those inside the level)."""
+        x0, y0, side = span[:3]
+        lay = self.layout
+        c0, c1 = max(x0, 0) // lay.tile_width, min(x0 + side, lay.width) - 1
+        r0, r1 = max(y0, 0) // lay.tile_height, min(y0 + side, lay.height) - 1
+        if c1 < max(x0, 0) or r1 < max(y0, 0):
+            return
+        for row in range(r0, r1 // lay.tile_height + 1):
+            for col in range(c0, c1 // lay.tile_width + 1):
+                yield col, row
+
+    def tiles_touched(self) -> int:
+        """Tile reads a per-window path makes without a cache: the sum over windows of tiles under each."""
+        return sum(sum(1 for _ in self._tiles_of(span)) for span in self._spans)
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        """This process's tifffile page and file handle, opened on first use (and after fork)."""
+        import tifffile
+
+        if self._file is None or self._pid != os.getpid():
+            self._cache.clear()
+            try:
+                tif = tifffile.TiffFile(self.layout.path)
+                page = tif.series[self.layout.series].levels[self.layout.series_level].keyframe
+            except Exception as err:
+                msg = f"cannot reopen {self.layout.path} for strip reading ({type(err).__name__}: {err})"
+                raise SlideError(msg) from err
+            # decode and the tags may read the file: fetch them before any tile seek
+            self._file = (tif, page.decode, page.dataoffsets, page.databytecounts, page.jpegtables)
+            self._pid = os.getpid()
+        return self._file
+
+    def _decode(self, col: int, row: int) -> RGBArray | None:
+        """Decode one stored tile to ``(tile_h, tile_w, 3)``; None when the tile is not stored."""
+        tif, decode, offsets, counts, tables = self._open()
+        index = row * self.layout.tiles_across + col
+        if index >= len(offsets) or counts[index] == 0:
+            return None
+        try:
+            tif.filehandle.seek(offsets[index])
+            data = tif.filehandle.read(counts[index])
+            arr = decode(data, index, jpegtables=tables, _fullsize=True)[0]
+            tile = np.asarray(arr).reshape(self.layout.tile_height, self.layout.tile_width, -1)
+        except Exception as err:
+            msg = (
+                f"decoding tile ({col}, {row}) of level {self.layout.level} of {self.layout.path} failed "
+                f"({type(err).__name__}: {err}); the file may be truncated or corrupt, re-copy it"
+            )
+            raise SlideError(msg) from err
+        self.decodes += 1
+        if tile.shape[2] == 1:
+            tile = np.repeat(tile, 3, axis=2)
+        return np.ascontiguousarray(tile[..., :3])
+
+    def _tile(self, key: tuple[int, int]) -> RGBArray | None:
+        """A decoded tile from the cache, decoding (and evicting the oldest past ``max_tiles``) on a miss."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        tile = self._decode(*key)
+        self._cache[key] = tile
+        while len(self._cache) > self.max_tiles:
+            self._cache.popitem(last=False)
+        self.peak_tiles = max(self.peak_tiles, len(self._cache))
+        return tile
+
+    def _evict(self, index: int) -> None:
+        """Drop tiles no window at or after ``index`` needs."""
+        last = self._last_use
+        for key in [k for k in self._cache if last.get(k, -1) < index]:
+            del self._cache[key]
+
+    # -- windows -------------------------------------------------------------------------------
+
+    def read(self, index: int) -> RGBArray:
+        """Return window ``index`` as ``(read_size, read_size, 3)`` RGB, white outside the level.
+
+        Raises:
+            IndexError: If ``index`` is not a planned window.
+        """
+        if not 0 <= index < len(self._spans):
+            msg = f"window {index} is not planned (the reader has {len(self._spans)} windows)"
+            raise IndexError(msg)
+        self._open()
+        self._evict(index)
+        span = self._spans[index]
+        x0, y0, side, wx, wy = span
+        lay = self.layout
+        out = np.full((side, side, 3), 255, dtype=np.uint8)
+        for col, row in self._tiles_of(span):
+            tile = self._tile((col, row))
+            if tile is None:
+                continue
+            tx, ty = col * lay.tile_width, row * lay.tile_height
+            sx0, sy0 = max(x0, tx), max(y0, ty)
+            sx1 = min(x0 + side, tx + lay.tile_width, lay.width)
+            sy1 = min(y0 + side, ty + lay.tile_height, lay.height)
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+        self.reads += 1
+        if side == self.read_size:
+            return out
+        return _shift(out, wx, wy)
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __iter__(self) -> Iterator[RGBArray]:
+        """Yield every planned window in order."""
+        for i in range(len(self._spans)):
+            yield self.read(i)
+
+    def close(self) -> None:
+        """Close the file and drop the decoded tiles (a later read reopens)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file[0].close()
+        self._file = None
+        self._cache.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_file=None, _pid=None, _cache=OrderedDict())
+        return state
+
+
+def _shift(pixels: RGBArray, wx: int, wy: int) -> RGBArray:
+    """Bilinear sub-pixel shift by ``(wx, wy) / 128``: ``(n+1)^2`` pixels in, ``n^2`` out, rounded."""
+    a = pixels.astype(np.uint32)
+    top = a[:-1, :-1] * (_ONE - wx) + a[:-1, 1:] * wx
+    bottom = a[1:, :-1] * (_ONE - wx) + a[1:, 1:] * wx
+    total = top * (_ONE - wy) + bottom * wy + (1 << (2 * _BITS - 1))
+    return (total >> (2 * _BITS)).astype(np.uint8)
