@@ -113,3 +113,47 @@ def test_bad_inputs_are_refused(tiles32: Path, tmp_path: Path) -> None:
         pick_targets(tiles32, 1, tile_size=64, num_classes=4, seed=0)
     with pytest.raises(PrivacyError, match="not modelled"):
         Condition("x", "secagg")
+
+
+def _cos(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    dot = sum(float((a[n].double() * b[n].double()).sum()) for n in a)
+    return dot / (_norm(a) * _norm(b))
+
+
+def _update_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    recipe = LocalRecipe(momentum=0.0, weight_decay=0.0)
+    sim = simulate_update(model, params, make_loss(model, 4), x, y, recipe, create_graph=False)
+    return {n: v.detach() for n, v in sim.items()}
+
+
+def test_groupnorm_hides_colour_and_dhunet_does_not(setup: tuple) -> None:
+    """Why the default model is dhunet_tiny: re-colouring a tile (x -> a x + c) leaves unet_tiny's update
+    (GroupNorm right after the first conv) pointing the same way, while DHUnet's changes (LayerNorm after the
+    patch embeddings keeps colour)."""
+    _model, _loss, t = setup
+    x = to_pixels(t.images[:1])
+    recoloured = 0.6 * x + torch.tensor([0.3, 0.1, 0.2]).view(1, 3, 1, 1)
+    for name, lo, hi in (("unet_tiny", 0.99, 1.0 + 1e-6), ("dhunet_tiny", -1.0, 0.8)):
+        am = load_audit_model(None, model_name=name, tile_size=32, seed=0)
+        am.model.train()
+        base = _update_of(am.model, x, t.masks[:1])
+        assert lo <= _cos(base, _update_of(am.model, recoloured, t.masks[:1])) <= hi, name
+        flipped = _cos(base, _update_of(am.model, x.flip(-1), t.masks[:1].flip(-1)))
+        assert flipped < 0.99, name  # the update does see the layout
+
+
+def test_fresh_dhunet_update_is_what_the_attacker_simulates(setup: tuple) -> None:
+    """No stochastic depth in the fresh DHUnet: the released update is deterministic and the attacker's
+    simulation of it is exact (with drop path the site's and the attacker's random masks would differ)."""
+    _model, _loss, t = setup
+    am = load_audit_model(None, model_name="dhunet_tiny", tile_size=32, seed=0)
+    am.model.train()
+    loss_fn = make_loss(am.model, 4)
+    recipe = LocalRecipe(steps=1)
+    rel = [release(am.model, loss_fn, t.images[:1], t.masks[:1], recipe, Condition("raw", "raw"),
+                   np.random.default_rng(0)) for _ in range(2)]  # fmt: skip
+    assert _cos(rel[0].update, rel[1].update) == pytest.approx(1.0, abs=1e-6)
+    params = {n: p.detach() for n, p in am.model.named_parameters() if p.requires_grad}
+    exact = simulate_update(am.model, params, loss_fn, to_pixels(t.images[:1]), t.masks[:1], recipe, create_graph=False)
+    assert _cos(rel[0].update, {n: v.detach() for n, v in exact.items()}) == pytest.approx(1.0, abs=1e-4)

@@ -65,6 +65,9 @@ class AuditModel:
 def load_audit_model(run_dir: Path | None, *, model_name: str, tile_size: int, seed: int) -> AuditModel:
     """The run's final checkpoint and card, or a fresh ``model_name`` (GroupNorm) when ``run_dir`` is None.
 
+    A fresh DHUnet is built without stochastic depth, so the site's local training is deterministic and the
+    attacker can simulate it exactly (the worst case for the site).
+
     Raises:
         CheckpointError: The run folder has no checkpoint.
         PrivacyError: The run's mechanism is one the attack does not model.
@@ -75,6 +78,8 @@ def load_audit_model(run_dir: Path | None, *, model_name: str, tile_size: int, s
     if run_dir is None:
         torch.manual_seed(seed)
         kw: dict[str, Any] = {"img_size": tile_size} if model_name.startswith(("dhunet", "swin", "transfuse")) else {}
+        if model_name.startswith("dhunet"):  # no stochastic depth: the attacker's simulation is exact (worst case)
+            kw.update(drop_path_global=0.0, drop_path_local=0.0)
         model = create_model(model_name, num_classes=4, norm="groupnorm", pretrained=False, **kw)
         return AuditModel(model, 4, tile_size, LocalRecipe(), 8, "none", 1.0, None, 150, None,
                           f"fresh {model_name} (round 1 of a federation: the server's first model)")  # fmt: skip
