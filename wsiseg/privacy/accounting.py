@@ -237,6 +237,6 @@ def meaningful_warning(epsilon: float) -> str | None:
     if epsilon > _MEANINGFUL_EPSILON:
         return (
             f"epsilon = {epsilon:.4g} is above {_MEANINGFUL_EPSILON:g}: this run gives no meaningful formal "
-            "privacy guarantee; raise --noise-multiplier, sample fewer clients a round or train fewer rounds"
+            "privacy guarantee; raise --sigma, sample fewer clients a round or train fewer rounds"
         )
     return None
