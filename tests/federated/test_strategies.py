@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from wsiseg.cli import app
 from wsiseg.errors import ConfigError
 from wsiseg.federated.clients import ClientResult
+from wsiseg.federated.distributed import DistributedDp
 from wsiseg.federated.modes import DP_MODES
 from wsiseg.federated.registry import STRATEGIES, make_strategy, strategy_class
 from wsiseg.federated.strategies import CentralDp, FedAvg, LocalDp
@@ -27,7 +28,7 @@ def test_registry_holds_exactly_the_declared_modes() -> None:
         strategy = make_strategy(mode, clip=0.5, noise_multiplier=1.0, rng=make_generator(0)[0])
         assert strategy.mode == mode
         assert isinstance(strategy, strategy_class(mode))
-    with pytest.raises(ConfigError, match="none, central, local"):
+    with pytest.raises(ConfigError, match="none, central, distributed, local"):
         strategy_class("bogus")
 
 
@@ -57,7 +58,7 @@ def test_mode_rules() -> None:
     assert CentralDp.accounted_rate(0.3, secret_sampling=False) == 1.0
     assert LocalDp.accounted_rate(0.3, secret_sampling=True) == 1.0
     assert (FedAvg.sensitivity, CentralDp.sensitivity, LocalDp.sensitivity) == (1.0, 1.0, 2.0)
-    assert FedAvg.protection < CentralDp.protection < LocalDp.protection
+    assert FedAvg.protection < CentralDp.protection < DistributedDp.protection < LocalDp.protection
     assert CentralDp.noise_std_mean(1.0, 4.0) == pytest.approx(0.25)
     assert LocalDp.noise_std_mean(1.0, 4.0) == pytest.approx(0.5)
     empty = CentralDp(clip=0.5, noise_multiplier=1.0, rng=make_generator(0)[0]).empty_round(
@@ -72,14 +73,19 @@ def test_cli_lists_the_choices_and_refuses_others() -> None:
     runner = CliRunner()
     res = runner.invoke(app, ["fed-train", "--dp", "bogus"], env={"COLUMNS": "200"})
     assert res.exit_code == 2
-    assert "'none', 'central', 'local', 'sample'" in res.output
+    assert "'none', 'central', 'distributed', 'local', 'sample'" in res.output
     text = runner.invoke(app, ["fed-train", "--help"], env={"COLUMNS": "200"}).output
     for panel in ("Data", "Model", "Optimiser", "Privacy", "Federation", "Run"):
         assert f"─ {panel} ─" in text, panel
-    for choice in ("[none|central|local|sample]", "[iid|dirichlet|by-site]", "[auto|cpu|cuda]", "[tile|slide|patient]"):
+    for choice in (
+        "[none|central|distributed|local|sample]",
+        "[iid|dirichlet|by-site]",
+        "[auto|cpu|cuda]",
+        "[tile|slide|patient]",
+    ):
         assert choice in text, choice
     server = runner.invoke(app, ["fed-server", "--help"], env={"COLUMNS": "200"}).output
-    assert "[none|central|local|sample]" in server
+    assert "[none|central|distributed|local|sample]" in server
     assert "--round-timeout" in server
     assert "1800" in server
 
@@ -107,6 +113,8 @@ def test_shared_options_have_one_default_and_help_across_commands() -> None:
                 "out",
                 "host",
                 "test_fraction",
+                "time_budget",  # train stretches its LR schedule to the budget; fed-train stops after a round
+                "min_clients",  # fed-server: when a round may close; fed-train (no dropouts): the noise shares
             ):
                 continue  # meanings differ by command on purpose (e.g. a site's single --data, predict's batch)
             if (name, key) == ("fed-client", "noise_seed"):
