@@ -107,11 +107,16 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+def _free_bytes(mnt: Path) -> int:
+    st = os.statvfs(mnt)
+    return st.f_bavail * st.f_frsize
+
+
 def _fill(mnt: Path, keep: int = 0) -> None:
     """Fill the file system until at most ``keep`` bytes are free (``keep=0``: to the last byte, real ENOSPC)."""
     with (mnt / "filler").open("wb") as fh:
         try:
-            while (free := os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize) > keep:
+            while (free := _free_bytes(mnt)) > keep:
                 fh.write(b"\0" * min(65536, max(1, free - keep)))
                 fh.flush()
         except OSError:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,8 @@ def _kill_then_rerun(cmd: list[str], out: Path, entries: int) -> bool:
     return early
 
 
-def _check(cmd_for: object, ref: Path, work: Path, seed: int) -> None:
-    done = subprocess.run(cmd_for(ref), env=ENV, capture_output=True, timeout=600)  # type: ignore[operator]
+def _check(cmd_for: Callable[[Path], list[str]], ref: Path, work: Path, seed: int) -> None:
+    done = subprocess.run(cmd_for(ref), env=ENV, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     want = _digest(ref)
     assert want
@@ -78,7 +79,7 @@ def _check(cmd_for: object, ref: Path, work: Path, seed: int) -> None:
     early = 0
     for k in range(KILLS):
         out = work / f"kill{k}"
-        early += _kill_then_rerun(cmd_for(out), out, int(rng.integers(1, max(2, total - 1))))  # type: ignore[operator]
+        early += _kill_then_rerun(cmd_for(out), out, int(rng.integers(1, max(2, total - 1))))
         got = _digest(out)
         assert got == want, sorted(set(got.items()) ^ set(want.items()))[:6]
         left = [p.name for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith((".partial", ".tmp"))]

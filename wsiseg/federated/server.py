@@ -102,8 +102,8 @@ class ServerState:
         self.start_round = 1
         #: ``--min-clients`` resolved (0: every site): distributed DP calibrates its noise shares to it.
         self.min_sites = cfg.min_clients or self.n_clients
-        #: SecAgg+ reconstruction threshold (checked before any round; ``--secagg-threshold``, else min_sites).
-        self.secagg_threshold = check_secure_plan(self.n_clients, self.min_sites) if cfg.secure else 0
+        if cfg.secure:  # a plan that cannot keep its promise is refused before any round (exit 8)
+            check_secure_plan(self.n_clients, self.min_sites)
 
     @property
     def sample_rate(self) -> float:

@@ -23,6 +23,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common import FitIns, Parameters, bytes_to_ndarray, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import Key
+from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy
@@ -129,8 +130,6 @@ def secure_collect(grid: Any, *, rnd: int, nodes: dict[int, int], names: list[st
     ctx = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
                         strategy=capture)  # fmt: skip
     ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
-    from flwr.compat.common.recorddict_compat import parameters_to_arrayrecord
-
     ctx.state.array_records[MAIN_PARAMS_RECORD] = parameters_to_arrayrecord(Parameters([], "numpy.ndarray"), True)
     workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold, max_weight=1.0,
                                   clipping_range=ranges.clipping_range, quantization_range=ranges.quantization_range,

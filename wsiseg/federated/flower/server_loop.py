@@ -116,8 +116,9 @@ class FlowerSites:
     checkpointed. Sites keep their own noise state, so there is no private transport state.
     """
 
-    def __init__(self, sites: _Sites, spec: ServerSpec, state: ServerState, log: Any) -> None:
+    def __init__(self, sites: _Sites, spec: ServerSpec, state: ServerState, log: Any, threshold: int = 0) -> None:
         self.sites, self.spec, self.log, self.rounds = sites, spec, log, state.cfg.rounds
+        self.threshold = threshold  # SecAgg+ reconstruction threshold (secure aggregation only)
         run_dir, start_round = state.run_dir, state.start_round
         self.flog = CsvLog(run_dir / "flower_rounds.csv", keep_until=("round", float(start_round - 1)))
         self.stage_log = CsvLog(run_dir / "secagg_stages.csv", keep_until=("round", float(start_round - 1)))
@@ -169,9 +170,10 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
         raise WsisegError(msg)
     log(f"sites online: {sorted(spec.sites[i] for i in sites.node_of)}")
     cfg = FedConfig.from_dict(spec.fed_config)
+    threshold = 0
     if cfg.secure:  # the sites calibrate their noise shares to the server's --min-clients
         cfg = replace(cfg, min_clients=spec.min_clients)
-        check_secure_plan(len(spec.sites), spec.min_clients, spec.secagg_threshold)
+        threshold = check_secure_plan(len(spec.sites), spec.min_clients, spec.secagg_threshold)
     folder = RunFolder.existing(Path(spec.run_dir), private=True)
     state = ServerState(cfg, folder.path, "cpu", ClassTable.from_list(sites.info["classes"]),
                         sites.info["tiling"], list(spec.sites),
@@ -181,7 +183,7 @@ def serve(grid: Any, spec: ServerSpec, log: Any = print) -> dict[str, Any]:
     else:
         calibrate_sigma(state)
         folder.write_config({**cfg.to_dict(), "resolved_sigma": state.sigma})
-    out = run_rounds(state, FlowerSites(sites, spec, state, log))
+    out = run_rounds(state, FlowerSites(sites, spec, state, log, threshold))
     if out.stopped_early:
         log(out.stopped_early)
     log(f"done: {state.run_dir}  epsilon {out.epsilon}")
@@ -257,7 +259,6 @@ def _collect_secure(state: ServerState, strategy: FedAvg, transport: FlowerSites
     sites, spec = transport.sites, transport.spec
     layout = [(n, tuple(v.shape)) for n, v in trainable_state(state.model).items()]
     ranges = secure_ranges(strategy, sum(int(np.prod(s)) for _, s in layout), len(spec.sites))
-    threshold = check_secure_plan(len(spec.sites), state.min_sites, spec.secagg_threshold)
     glob = {k: v.detach().cpu().numpy() for k, v in state.global_weights.items()}
     record = Path(state.run_dir) / "received" if spec.record_received else None
     for attempt in range(spec.round_retries + 1):
@@ -266,7 +267,7 @@ def _collect_secure(state: ServerState, strategy: FedAvg, transport: FlowerSites
         if len(nodes) >= state.min_sites:
             out = secure_collect(sites.grid, rnd=rnd, nodes=nodes, names=spec.sites,
                                  config=_round_config(state, sites, rnd), glob=glob, update_layout=layout,
-                                 ranges=ranges, threshold=threshold, timeout=spec.round_timeout,
+                                 ranges=ranges, threshold=transport.threshold, timeout=spec.round_timeout,
                                  stage_log=transport.stage_log, record_dir=record, say=transport.log)  # fmt: skip
             if out is not None and len(out.contributors) >= state.min_sites:
                 return out
