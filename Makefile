@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.wsiseg-installed
 
-.PHONY: install demo test test-all lint bench fault-table
+.PHONY: install browser demo test test-all lint bench fault-table
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +15,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The cohort report's browser test (tests/export/test_cohort_browser.py) opens the page in Debian's Chromium,
+# driven by Playwright (dev extra). Installed once, quietly, only when missing; without root it says how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (apt-get) for the HTML report test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium not found and not root (or no apt-get): the HTML report browser test will be skipped;" \
+	         "install it with 'sudo apt-get install chromium'"; \
+	  fi; }
+
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check wsiseg tests benchmarks examples
 	$(BIN)/ruff format --check wsiseg tests benchmarks examples
 	$(BIN)/mypy
