@@ -65,11 +65,18 @@ def tile_patches(images: Path, masks: Path, out: Path, size: int = 112) -> Path:
 
 
 def recipe_config(
-    tiles: Path, fold: int, folds: int, budget: float | None, epochs: int, seed: int, model: str = "unet_tiny"
+    tiles: Path,
+    fold: int,
+    folds: int,
+    budget: float | None,
+    epochs: int,
+    seed: int,
+    model: str = "unet_tiny",
+    class_weights: str = "balanced",
 ) -> TrainConfig:
-    """The training settings of one fold (``unet_tiny``, batch 8, lr 0.05 on a CPU)."""
+    """The training settings of one fold (``unet_tiny``, batch 8, lr 0.05 on a CPU, balanced CE weights)."""
     return TrainConfig(data=(str(tiles),), model=model, epochs=epochs, batch_size=8, lr=0.05, folds=folds,
-                       fold=fold, seed=seed, time_budget=budget)  # fmt: skip
+                       fold=fold, seed=seed, time_budget=budget, class_weights=class_weights)  # fmt: skip
 
 
 def _pooled(matrices: list[np.ndarray]) -> dict[str, Any]:
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names: list[str] = []
     for fold in range(args.folds):
         t0 = time.perf_counter()
-        cfg = recipe_config(tiles, fold, args.folds, budget, args.epochs, args.seed, args.model)
+        cfg = recipe_config(tiles, fold, args.folds, budget, args.epochs, args.seed, args.model, args.class_weights)
         res = run_training(cfg, runs_root=args.out / "runs")
         summary = res.final_metrics
         names = summary["class_names"]
@@ -107,7 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pooled[p]["paper_dice"] = float(np.mean([r[p]["paper_dice"] for r in per_fold]))
     return {"classes": names, "pooled": pooled, "per_fold": per_fold, "seconds": time.perf_counter() - start,
             "cpu": cpu_name(), "torch": torch.__version__, "folds": args.folds, "epochs": args.epochs,
-            "model": args.model, "tile_size": args.tile_size}  # fmt: skip
+            "model": args.model, "tile_size": args.tile_size, "class_weights": args.class_weights,
+            "seed": args.seed}  # fmt: skip
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -145,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--model", default="unet_tiny", help="e.g. dhunet with --tile-size 224 on a GPU.")
     parser.add_argument("--tile-size", type=int, default=112, help="Tile side in px (224 px windows).")
+    parser.add_argument("--class-weights", default="balanced", help="CE class weights: balanced, none or a list.")
     args = parser.parse_args()
     results = run(args)
     args.out.mkdir(parents=True, exist_ok=True)

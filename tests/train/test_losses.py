@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsiseg.train.losses import DHUNET_OUTPUT_WEIGHTS, SegLoss, dice_loss
+from wsiseg.train.losses import DHUNET_OUTPUT_WEIGHTS, SegLoss, balanced_class_weights, dice_loss
 from wsiseg.train.metrics import LabelRangeError
 
 LN3 = math.log(3.0)
@@ -87,6 +87,34 @@ def test_segloss_single_tensor_and_components() -> None:
     assert loss_fn.last_components == pytest.approx({"loss": total.item(), "ce": ce.item(), "dice": dice.item()})
     weighted = SegLoss(4, ce_weight=1.0, dice_weight=0.0)(logits, target)
     assert weighted.item() == pytest.approx(ce.item(), abs=1e-6)
+
+
+def test_segloss_class_weights_weight_the_ce_term() -> None:
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 4, 6, 6, generator=gen)
+    target = torch.randint(0, 4, (2, 6, 6), generator=gen)
+    weights = [1.0, 0.5, 2.0, 4.0]
+    total = SegLoss(4, ce_weight=1.0, dice_weight=0.0, class_weights=weights)(logits, target)
+    # by hand: sum_i w[y_i] * nll_i / sum_i w[y_i]
+    nll = -torch.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    w = torch.tensor(weights)[target]
+    assert total.item() == pytest.approx(float((w * nll).sum() / w.sum()), abs=1e-6)
+    assert total.item() != pytest.approx(F.cross_entropy(logits, target).item(), abs=1e-3)
+    with pytest.raises(ValueError, match="4 positive weights"):
+        SegLoss(4, class_weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="4 positive weights"):
+        SegLoss(4, class_weights=[1.0, 0.0, 1.0, 1.0])
+
+
+def test_balanced_class_weights_median_frequency() -> None:
+    # fractions 0.1, 0.2, 0.6, 0.1 (sorted 0.1, 0.1, 0.2, 0.6; median 0.15): w = 0.15 / f
+    assert balanced_class_weights([100, 200, 600, 100]) == pytest.approx([1.5, 0.75, 0.25, 1.5])
+    # an absent class gets 1; weights clip at max_weight and 1/max_weight
+    assert balanced_class_weights([0, 10, 10, 10]) == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    assert balanced_class_weights([1, 1000, 1000], max_weight=10.0) == pytest.approx([10.0, 1.0, 1.0])
+    assert balanced_class_weights([1, 1, 10_000], max_weight=4.0)[2] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="no training pixels"):
+        balanced_class_weights([0, 0])
 
 
 def test_segloss_deep_supervision_weights() -> None:

@@ -121,3 +121,28 @@ def test_bad_tile_inputs(tiles64: Path, tmp_path: Path) -> None:
         TileDataset(source.subset([]))
     with pytest.raises(DataError, match="no manifest"):
         load_sources([tmp_path / "nowhere"])
+
+
+def test_class_weights_from_training_pixels_reach_the_loss_and_the_card(tiles64: Path, tmp_path: Path) -> None:
+    from wsiseg.errors import ConfigError
+    from wsiseg.train.baselines import fit_baselines
+    from wsiseg.train.losses import balanced_class_weights
+    from wsiseg.train.trainer import class_weights_for
+
+    cfg = TrainConfig(data=(str(tiles64),), epochs=1, batch_size=8, max_steps_per_epoch=1, seed=9,
+                      class_weights="balanced", **TINY)  # fmt: skip
+    source = load_sources([tiles64])
+    train_ids, _ = slide_split(source, cfg)
+    pixels = fit_baselines(source.subset(train_ids)).class_pixels
+    expected = balanced_class_weights([int(c) for c in pixels])
+    assert len(set(expected)) > 1  # the generated cohort's classes are not balanced
+    card = load_checkpoint(run_training(cfg, runs_root=tmp_path).run_dir / "checkpoints" / "final").card
+    assert card["class_weights"] == pytest.approx(expected)
+    assert class_weights_for("1,1,1,4", pixels) == [1.0, 1.0, 1.0, 4.0]
+    assert class_weights_for("none", pixels) is None
+    with pytest.raises(ConfigError, match="3 weights for 4 classes"):
+        class_weights_for("1,1,4", pixels)
+    with pytest.raises(ConfigError, match="--class-weights must be"):
+        TrainConfig(class_weights="rare")
+    with pytest.raises(ConfigError, match="--class-weights must be"):
+        TrainConfig(class_weights="1,-1,1,1")

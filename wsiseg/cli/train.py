@@ -23,6 +23,14 @@ def train(
     batch_size: o.BatchSize = 24,
     lr: o.LrOpt = 0.01,
     augment: Annotated[bool, typer.Option(help="Flips, rotation and HSV jitter.", rich_help_panel=o.DATA)] = True,
+    class_weights: Annotated[
+        str,
+        typer.Option(
+            help="Cross-entropy class weights: none (as the paper), balanced (median frequency of the training "
+            "pixels; for rare classes such as normal tissue in patch data) or a list, background first: 1,1,1,4.",
+            rich_help_panel=o.OPTIMISER,
+        ),
+    ] = "none",
     test_fraction: Annotated[
         float, typer.Option(help="Held-out fraction of slides (0 with --heldout).", rich_help_panel=o.DATA)
     ] = 0.3,
@@ -64,7 +72,7 @@ def train(
         base = load_toml(config) if config else {}
         flags = {
             "data": tuple(str(p) for p in data) if data else base.get("data", ("tiles",)), "model": model,
-            "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size,
+            "pretrained": pretrained, "epochs": epochs, "batch_size": batch_size, "class_weights": class_weights,
             "lr": lr, "augment": augment, "test_fraction": test_fraction, "folds": folds, "fold": fold,
             "seed": seed, "workers": workers, "device": device, "max_steps_per_epoch": max_steps_per_epoch,
             "heldout": resolve_heldout(heldout), "time_budget": time_budget, "patience": patience,

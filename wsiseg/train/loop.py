@@ -7,7 +7,7 @@ loss 0.5 CE + 0.5 Dice with DHUnet's deep-supervision weights, bf16 autocast and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,10 +57,18 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_loss(model: nn.Module, num_classes: int, *, ce_weight: float = 0.5, dice_weight: float = 0.5) -> SegLoss:
+def make_loss(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    ce_weight: float = 0.5,
+    dice_weight: float = 0.5,
+    class_weights: Sequence[float] | None = None,
+) -> SegLoss:
     """The CE + Dice loss with the model's deep-supervision weights when it has them."""
     weights = getattr(model, "deep_supervision_weights", None)
-    return SegLoss(num_classes, ce_weight=ce_weight, dice_weight=dice_weight, output_weights=weights)
+    return SegLoss(num_classes, ce_weight=ce_weight, dice_weight=dice_weight, output_weights=weights,
+                   class_weights=class_weights)  # fmt: skip
 
 
 @dataclass

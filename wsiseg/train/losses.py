@@ -2,7 +2,9 @@
 
 The Dice term follows the official ``utils.DiceLoss``: softmax over classes, one-hot over **all** classes
 (background included), per class ``1 - (2 Σ p t + s) / (Σ p² + Σ t² + s)`` with ``s = 1e-5`` summed over the
-whole batch, then averaged over classes. CE is ``nn.CrossEntropyLoss`` without ignore index or class weights.
+whole batch, then averaged over classes. CE is ``nn.CrossEntropyLoss`` without ignore index or class weights
+by default; :func:`balanced_class_weights` gives median-frequency weights for the CE term when classes are rare
+(a class in a few patches of a patch dataset).
 DHUnet trains its outputs ``[final, aux3, aux2, aux1, aux0]`` with weights ``{0: 0.5, 2: 0.3, 4: 0.2}``.
 """
 
@@ -16,10 +18,42 @@ from torch import nn
 
 from wsiseg.train.metrics import LabelRangeError
 
-__all__ = ["DHUNET_OUTPUT_WEIGHTS", "SegLoss", "check_target", "dice_loss"]
+__all__ = ["DHUNET_OUTPUT_WEIGHTS", "SegLoss", "balanced_class_weights", "check_target", "dice_loss"]
 
 #: Deep-supervision weights of the official DHUnet trainer (output index -> weight).
 DHUNET_OUTPUT_WEIGHTS: dict[int, float] = {0: 0.5, 2: 0.3, 4: 0.2}
+
+
+def balanced_class_weights(class_pixels: Sequence[int], *, max_weight: float = 10.0) -> list[float]:
+    """Median-frequency class weights (Eigen and Fergus, 2015) for the cross-entropy term.
+
+    ``w_c = median(f) / f_c`` with ``f_c`` the fraction of training pixels of class ``c`` and the median taken
+    over the classes that occur; a rare class weighs more, a common one less. Weights are clipped to
+    ``[1 / max_weight, max_weight]``; a class with no training pixels gets weight 1 (it cannot be learnt
+    from this data, and a huge weight would only amplify noise once it appears).
+
+    Args:
+        class_pixels: Training pixels per class id.
+        max_weight: Largest weight (and inverse of the smallest).
+
+    Returns:
+        One weight per class.
+
+    Raises:
+        ValueError: If no class has pixels or ``max_weight < 1``.
+    """
+    if max_weight < 1:
+        msg = f"max_weight must be >= 1, got {max_weight}"
+        raise ValueError(msg)
+    counts = [float(c) for c in class_pixels]
+    total = sum(counts)
+    present = sorted(c / total for c in counts if c > 0) if total > 0 else []
+    if not present:
+        msg = "no training pixels to weight the classes by"
+        raise ValueError(msg)
+    mid = len(present) // 2
+    median = present[mid] if len(present) % 2 else 0.5 * (present[mid - 1] + present[mid])
+    return [min(max_weight, max(1.0 / max_weight, median * total / c)) if c > 0 else 1.0 for c in counts]
 
 
 def check_target(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int | None = None) -> None:
@@ -117,6 +151,7 @@ class SegLoss(nn.Module):
             Without it a list output is trained on index 0 only, with weight 1.
         ignore_index: Target value left out of both terms (default: none, as in the official code).
         smooth: Dice smoothing constant.
+        class_weights: Per-class weights of the cross-entropy term (default: none, as in the official code).
 
     After each call, :attr:`last_components` holds floats ``ce``, ``dice`` (weighted over outputs), ``loss``
     and, for list outputs, ``ce/<i>`` and ``dice/<i>`` per used output, for logging.
@@ -131,6 +166,7 @@ class SegLoss(nn.Module):
         output_weights: Mapping[int, float] | None = None,
         ignore_index: int | None = None,
         smooth: float = 1e-5,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -147,6 +183,15 @@ class SegLoss(nn.Module):
         self.output_weights = dict(output_weights) if output_weights is not None else None
         self.ignore_index = ignore_index
         self.smooth = smooth
+        if class_weights is not None and (len(class_weights) != num_classes or min(class_weights) <= 0):
+            msg = f"class_weights must hold {num_classes} positive weights, got {list(class_weights)}"
+            raise ValueError(msg)
+        self.class_weights: torch.Tensor | None
+        self.register_buffer(
+            "class_weights",
+            None if class_weights is None else torch.tensor([float(w) for w in class_weights]),
+            persistent=False,
+        )
         self.last_components: dict[str, float] = {}
 
     def _single(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +202,8 @@ class SegLoss(nn.Module):
             msg = f"target shape {tuple(target.shape)} does not fit output {tuple(logits.shape)} (want N,H,W)"
             raise ValueError(msg)
         ignore = -100 if self.ignore_index is None else self.ignore_index
-        ce = F.cross_entropy(logits, target.long(), ignore_index=ignore)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device, logits.dtype)
+        ce = F.cross_entropy(logits, target.long(), weight=weight, ignore_index=ignore)
         dice = _dice_unchecked(logits, target, smooth=self.smooth, ignore_index=self.ignore_index)
         return ce, dice
 

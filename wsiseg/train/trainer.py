@@ -24,6 +24,7 @@ from wsiseg.train.baselines import evaluate_baselines, fit_baselines
 from wsiseg.train.card import ModelCard, ModelSpec
 from wsiseg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from wsiseg.train.loop import OptimConfig, evaluate, make_loss, make_optimizer, poly_lr, train_steps
+from wsiseg.train.losses import balanced_class_weights
 from wsiseg.train.report import MetricReport
 from wsiseg.train.runlog import CsvLog, RunFolder, plot_curves
 
@@ -55,6 +56,7 @@ class TrainConfig:
     poly_power: float = 0.9
     ce_weight: float = 0.5
     dice_weight: float = 0.5
+    class_weights: str = "none"
     augment: bool = True
     test_fraction: float = 0.3
     heldout: tuple[str, ...] = ()
@@ -85,6 +87,7 @@ class TrainConfig:
         if not self.heldout and not self.folds and not 0.0 < self.test_fraction < 1.0:
             msg = f"--test-fraction must be in (0, 1), got {self.test_fraction}; 0 goes with --heldout"
             raise ConfigError(msg)
+        parse_class_weights(self.class_weights)
         if self.folds and not 0 <= self.fold < self.folds:
             msg = f"--fold {self.fold} must be in 0..{self.folds - 1}"
             raise ConfigError(msg)
@@ -100,6 +103,42 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict (unknown keys are an error)."""
         return cls(**checked_kwargs(cls, data, "training", ("data", "heldout")))
+
+
+def parse_class_weights(spec: str) -> str | list[float] | None:
+    """Read ``--class-weights``: ``none``, ``balanced`` (median frequency) or comma-separated positive weights.
+
+    Raises:
+        ConfigError: Anything else.
+    """
+    text = spec.strip().lower()
+    if text in ("none", ""):
+        return None
+    if text == "balanced":
+        return "balanced"
+    try:
+        weights = [float(v) for v in text.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or min(weights) <= 0:
+        msg = f"--class-weights must be 'none', 'balanced' or positive numbers such as 1,1,1,4; got {spec!r}"
+        raise ConfigError(msg)
+    return weights
+
+
+def class_weights_for(spec: str, class_pixels: np.ndarray) -> list[float] | None:
+    """The CE class weights of a run: none, median frequency of the training pixels, or as given.
+
+    Raises:
+        ConfigError: A list whose length is not the number of classes.
+    """
+    parsed = parse_class_weights(spec)
+    if parsed == "balanced":
+        return balanced_class_weights([int(c) for c in class_pixels])
+    if isinstance(parsed, list) and len(parsed) != len(class_pixels):
+        msg = f"--class-weights gives {len(parsed)} weights for {len(class_pixels)} classes (background first)"
+        raise ConfigError(msg)
+    return parsed if isinstance(parsed, list) else None
 
 
 @dataclass
@@ -192,7 +231,10 @@ def run_training(
         model = model.to(memory_format=torch.channels_last)
     optim_cfg = OptimConfig(cfg.lr, cfg.momentum, cfg.weight_decay, cfg.poly_power)
     optimizer = make_optimizer(model, optim_cfg)
-    loss_fn = make_loss(model, len(source.classes), ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight)
+    fitted = fit_baselines(source.subset(train_ids))
+    class_weights = class_weights_for(cfg.class_weights, fitted.class_pixels)
+    loss_fn = make_loss(model, len(source.classes), ce_weight=cfg.ce_weight, dice_weight=cfg.dice_weight,
+                        class_weights=class_weights)  # fmt: skip
     steps_per_epoch = -(-len(train_ds) // cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -211,7 +253,7 @@ def run_training(
         folder.write_json("split.json", {"train": train_ids, "test": test_ids, "how": _split_how(cfg)})
     assert run_dir is not None
     log = CsvLog(run_dir / "metrics.csv", keep_until=("epoch", float(start_epoch)))
-    card = model_card(cfg, source, {"split": {"train": train_ids, "test": test_ids}})
+    card = model_card(cfg, source, {"split": {"train": train_ids, "test": test_ids}, "class_weights": class_weights})
     clock = RunClock(cfg.time_budget, total, cfg.poly_power)
     report: MetricReport | None = None
     epoch, stalled, reason = start_epoch, 0, "epochs done"
@@ -258,7 +300,7 @@ def run_training(
             break
     if report is None:
         report = evaluate(model, test_loader, source.classes.names, device=device, amp=cfg.amp)  # type: ignore[arg-type]
-    baselines = evaluate_baselines(fit_baselines(source.subset(train_ids)), source.subset(test_ids))
+    baselines = evaluate_baselines(fitted, source.subset(test_ids))
     summary = {**report.to_dict(), "baselines": {n: b.to_dict() for n, b in baselines.items()},
                "stop_reason": reason, "epochs_done": epoch, "seconds": clock.elapsed()}  # fmt: skip
     save_checkpoint(run_dir / "checkpoints" / "final", model, {**card, "epoch": epoch, "metrics": summary})
