@@ -79,6 +79,7 @@ def _register() -> None:
     from wsiseg.cli import (
         audit_canary,
         audit_invert,
+        cohort_report,
         evaluate,
         export,
         fed_certs,
@@ -105,6 +106,7 @@ def _register() -> None:
         ("fed-client", fed_client.fed_client),
         ("predict", predict.predict),
         ("export", export.export),
+        ("cohort-report", cohort_report.cohort_report),
         ("evaluate", evaluate.evaluate),
     ]
     for name, func in commands:
