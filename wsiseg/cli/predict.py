@@ -14,6 +14,7 @@ __all__ = ["predict"]
 
 
 def predict(
+    ctx: typer.Context,
     slides: Annotated[list[str], typer.Argument(help="Slide files, folders or globs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="mask.tif for one slide, or a folder for several.")] = Path(
         "predictions"
@@ -22,7 +23,9 @@ def predict(
     model: o.DeprecatedModelPath = None,
     runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
-    workers: Annotated[int, typer.Option(help="Reader processes.")] = min(2, os.cpu_count() or 1),
+    workers: Annotated[
+        int, typer.Option(help="Reader processes (per Dask worker with --cluster: 0 by default).")
+    ] = min(2, os.cpu_count() or 1),
     device: o.DeviceOpt = "auto",
     backend: Annotated[str, typer.Option(help="Slide reader: auto, openslide, tiffslide, pillow.")] = "auto",
     slide_mpp: o.SlideMppOpt = None,
@@ -31,14 +34,26 @@ def predict(
     probs: Annotated[bool, typer.Option(help="Also write per-class probability maps.")] = False,
     ome: Annotated[bool, typer.Option(help="OME-TIFF with SubIFD pyramid (Bio-Formats).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo slides whose mask exists.")] = False,
+    cluster: Annotated[
+        str | None, typer.Option(help="Predict the slides on Dask: local (worker processes here), slurm or pbs.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Predict on the Dask cluster of this scheduler (tcp://host:port).")
+    ] = None,
+    dask_workers: Annotated[
+        int | None, typer.Option(help="Dask workers (--cluster): one per GPU, else per CPU core, by default.")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Dask: times a slide is retried after its worker died.")] = 2,
 ) -> None:
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    from wsiseg.cli._console import batch_exit, console, make_progress
+    from wsiseg.cli._cohort import cohort_options, predict_cohort
+    from wsiseg.cli._console import batch_exit, console, given, make_progress
     from wsiseg.cli._options import checkpoint_path
+    from wsiseg.cohort.jobs import plan_jobs
     from wsiseg.config import resolve_device
     from wsiseg.errors import (
         CheckpointError,
@@ -49,11 +64,10 @@ def predict(
         from_os_error,
         is_fatal_storage_error,
     )
-    from wsiseg.export.slide_mask import predict_to_tiff, prediction_done
     from wsiseg.inference.predictor import PredictSettings
+    from wsiseg.inference.provenance import checkpoint_provenance
     from wsiseg.tiling.batch import expand_sources
     from wsiseg.tiling.plan import ForcedMpp
-    from wsiseg.tiling.writer import batch_ids
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
 
@@ -74,10 +88,11 @@ def predict(
             raise CheckpointError(msg)
         model = run / "checkpoints" / "final"
         console.print(f"using the newest run's final checkpoint: {model}", highlight=False, markup=False)
+    cohort = cohort_options(cluster, scheduler, dask_workers, retries, out=out)
+    if cohort is not None and not given(ctx, "workers"):
+        workers = 0  # each Dask worker reads its slide itself unless --workers asks for reader processes
     ckpt = load_checkpoint(model)
-    net = ckpt.build_model()
-    dev = resolve_device(device)
-    net.to(dev)
+    dev = resolve_device(device) if cohort is None else device  # on a cluster each worker picks its own
     tiling, classes = ckpt.model_card.tiling_config, ckpt.model_card.class_table
     sources = expand_sources(slides)
     if not sources:
@@ -86,29 +101,26 @@ def predict(
     single = len(sources) == 1 and out.suffix.lower() in {".tif", ".tiff"}
     settings = PredictSettings(batch_size=batch_size, workers=workers, device=dev,
                                min_tissue=tiling.min_tissue if min_tissue is None else min_tissue)  # fmt: skip
+    jobs = plan_jobs(sources, out, single=single, tiling=tiling, classes=classes, settings=settings, backend=backend,
+                     slide_mpp=slide_mpp, ome=ome, probs=probs, provenance=checkpoint_provenance(ckpt))  # fmt: skip
+    if cohort is not None:
+        return predict_cohort(jobs, cohort, overwrite=overwrite, device=device)
+    net = ckpt.build_model()
+    net.to(settings.device)
     table = Table(title="Predictions")
     for col in ("slide", "mask", "size", "mpp", "windows", "s", "windows/s"):
         table.add_column(col)
     failed: list[int] = []
-    ids, clashes = batch_ids(sources)
     with make_progress("windows") as bar:
         task = bar.add_task("predict", total=None, rate="")
-        for src in sources:
-            target = out if single else out / f"{ids[src]}.tif"
+        for job in jobs:
+            src, target = job.slide, job.target
             bar.reset(task, total=None, description=escape(src.name))
             try:
-                if src in clashes:
-                    msg = (f"{src} and {clashes[src]} would both be predicted into {target}; "
-                           "rename one of them or predict them into separate --out folders")  # fmt: skip
-                    raise DataError(msg)
-                if not overwrite and prediction_done(target, src, classes, probs=probs):
+                if not overwrite and job.done():
                     table.add_row(Text(src.name), Text(str(target)), "exists", "", "", "", "")
                     continue
-                res = predict_to_tiff(
-                    src, net, target, tiling=tiling, classes=classes, settings=settings, backend=backend,
-                    slide_mpp=slide_mpp, ome=ome, probs=probs, provenance={"checkpoint": str(ckpt.path)},
-                    progress=lambda d, t: bar.update(task, completed=d, total=t),
-                )  # fmt: skip
+                res = job.run(net, progress=lambda d, t: bar.update(task, completed=d, total=t))
             except (WsisegError, OSError) as raw:
                 err = from_os_error(raw, target) if isinstance(raw, OSError) else raw
                 if is_fatal_storage_error(err):

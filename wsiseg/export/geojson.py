@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,12 +218,17 @@ def mask_to_features(
     return features
 
 
-def write_geojson(path: str | os.PathLike[str], features: list[dict[str, Any]]) -> Path:
+def write_geojson(
+    path: str | os.PathLike[str], features: list[dict[str, Any]], *, properties: Mapping[str, Any] | None = None
+) -> Path:
     """Write features as a GeoJSON ``FeatureCollection`` atomically (temp file + ``os.replace``).
 
     Args:
         path: Destination ``.geojson`` file; its folder must exist.
         features: Features from ``mask_to_features``.
+        properties: Facts about the whole collection (the prediction's provenance), written as the
+            collection's ``properties`` member (a GeoJSON foreign member; QuPath reads the features and
+            ignores it).
 
     Returns:
         The written path.
@@ -231,7 +236,10 @@ def write_geojson(path: str | os.PathLike[str], features: list[dict[str, Any]]) 
     Raises:
         DataError: If the destination folder does not exist.
     """
-    collection = {"type": "FeatureCollection", "features": features}
+    collection: dict[str, Any] = {"type": "FeatureCollection"}
+    if properties:
+        collection["properties"] = dict(properties)
+    collection["features"] = features
     with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         fh.write(json.dumps(collection, separators=(",", ":")))
     return Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,8 +14,9 @@ from wsiseg.export.geojson import mask_to_features, write_geojson
 from wsiseg.export.maskio import mask_level_shapes, read_label_mask
 from wsiseg.export.overlay import write_overlay_png, write_overlay_pyramid_tiff
 from wsiseg.export.stats import AreaRow, class_areas, write_areas_csv
+from wsiseg.inference.provenance import OUTPUT_PROVENANCE_KEYS
 
-__all__ = ["ExportResult", "choose_mask_level", "export_mask"]
+__all__ = ["ExportResult", "choose_mask_level", "export_mask", "mask_provenance"]
 
 #: Masks up to this many pixels give areas from full mask resolution; larger ones from the GeoJSON level.
 AREA_FULL_RES_MAX_PIXELS = 200_000_000
@@ -84,7 +86,8 @@ def export_mask(
     if ds0 is None:
         ds0 = 1.0
     mpp_level0 = slide_mpp if slide_mpp is not None else (base.mpp / ds0 if base.mpp else None)
-    assumed = slide_mpp is None and mpp_level0 is not None and _mpp_source(mask_path) in ("assumed", "override")
+    prov = mask_provenance(mask_path)
+    assumed = slide_mpp is None and mpp_level0 is not None and prov.get("mpp_source") in ("assumed", "override")
     if slide_dims is not None and abs(base.labels.shape[1] * ds0 - slide_dims[0]) > 2 * ds0 + 1:
         msg = (
             f"{mask_path}: mask covers {base.labels.shape[1] * ds0:.0f} px but {slide} is {slide_dims[0]} px "
@@ -103,28 +106,29 @@ def export_mask(
     features = mask_to_features(geo.labels, classes=classes, scale_to_level0=geo_ds, mpp_level0=mpp_level0,
                                 min_area_um2=min_area, slide_name=stem, object_type=object_type)  # fmt: skip
     res.n_features = len(features)
-    res.files.append(write_geojson(out_dir / f"{stem}.geojson", features))
+    outputs_prov = {k: prov.get(k) for k in OUTPUT_PROVENANCE_KEYS}
+    res.files.append(write_geojson(out_dir / f"{stem}.geojson", features, properties={"provenance": outputs_prov}))
     area_src, area_ds = (base, ds0) if base.labels.size <= AREA_FULL_RES_MAX_PIXELS else (geo, geo_ds)
     res.areas = class_areas(area_src.labels, classes=classes, mpp_level0=mpp_level0, scale_to_level0=area_ds,
                             slide=stem, mpp_assumed=assumed)  # fmt: skip
-    res.files.append(write_areas_csv(out_dir / f"{stem}_areas.csv", res.areas))
+    res.files.append(write_areas_csv(out_dir / f"{stem}_areas.csv", res.areas, provenance=outputs_prov))
     if overlay_tiff:
         mpp_mask = mpp_level0 * ds0 if mpp_level0 else None
         res.files.append(write_overlay_pyramid_tiff(out_dir / f"{stem}_overlay.tif", base.labels, classes, mpp_mask))
     return res
 
 
-def _mpp_source(mask_path: Path) -> str:
-    """Where the mpp of a ``wsiseg predict`` mask came from (its sidecar's provenance), or ``""``."""
+def mask_provenance(mask_path: Path) -> dict[str, Any]:
+    """The provenance a ``wsiseg predict`` mask's sidecar records (slide, checkpoint, tiling...), or ``{}``."""
     import json
 
     from wsiseg.export.tiff import sidecar_path
 
     try:
-        meta = json.loads(sidecar_path(mask_path).read_text(encoding="utf-8"))
-        return str(meta["provenance"].get("mpp_source", ""))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return ""
+        prov = json.loads(sidecar_path(mask_path).read_text(encoding="utf-8"))["provenance"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return prov if isinstance(prov, dict) else {}
 
 
 def _slide_facts(slide: Path | None) -> tuple[np.ndarray | None, tuple[int, int] | None, float | None]:

@@ -16,8 +16,9 @@ um^2 and mm^2 columns stay empty and ``note`` says so.
 from __future__ import annotations
 
 import csv
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
@@ -152,12 +153,17 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def write_areas_csv(path: str | os.PathLike[str], rows: Iterable[AreaRow]) -> Path:
+def write_areas_csv(
+    path: str | os.PathLike[str], rows: Iterable[AreaRow], *, provenance: Mapping[str, object] | None = None
+) -> Path:
     """Write area rows as CSV (header = ``AreaRow`` fields, empty cell = unknown), atomically.
 
     Args:
         path: Destination ``.csv``; its folder must exist.
         rows: Rows from ``class_areas`` (several slides may be concatenated).
+        provenance: Facts that hold for every row (the prediction's checkpoint id, epsilon, tiling...): one
+            column each after the ``AreaRow`` fields, the same value in every row; dicts and lists as compact
+            JSON.
 
     Returns:
         The written path.
@@ -167,6 +173,10 @@ def write_areas_csv(path: str | os.PathLike[str], rows: Iterable[AreaRow]) -> Pa
     """
     with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow([f.name for f in fields(AreaRow)])
-        writer.writerows([_cell(v) for v in astuple(row)] for row in rows)
+        extra = dict(provenance or {})
+        tail = [
+            json.dumps(v, separators=(",", ":")) if isinstance(v, dict | list) else _cell(v) for v in extra.values()
+        ]
+        writer.writerow([f.name for f in fields(AreaRow)] + list(extra))
+        writer.writerows([_cell(v) for v in astuple(row)] + tail for row in rows)
     return Path(path)
