@@ -16,7 +16,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 22px 0 6p
 figure.card { margin: 0; width: 200px; border: 1px solid #ccc; border-radius: 4px; padding: 6px; background: #fafafa; }
 figure.card img { display: block; max-width: 100%; max-height: 150px; margin: 0 auto; }
 figure.card.failed { background: #fdecea; border-color: #e0a39b; }
-figure.card figcaption { font-size: 12px; margin-top: 4px; overflow-wrap: anywhere; }
+figure.card figcaption { font-size: 12px; margin-top: 4px; overflow-wrap: break-word; }
 .missing { height: 120px; display: flex; align-items: center; justify-content: center; color: #a33;
   font-size: 12px; text-align: center; overflow: hidden; overflow-wrap: anywhere; }
 .qc { color: #a15c00; }
@@ -24,9 +24,11 @@ figure.card figcaption { font-size: 12px; margin-top: 4px; overflow-wrap: anywhe
 #tsr-histogram .axis { stroke: #333; } #tsr-histogram .threshold { stroke: #c33; stroke-dasharray: 4 3; }
 #tsr-histogram text { font-size: 11px; fill: #333; } #tsr-histogram .tick, #tsr-histogram .count,
 #tsr-histogram .label { text-anchor: middle; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table#cohort { border-collapse: collapse; font-size: 12px; }
 #cohort th, #cohort td { border: 1px solid #ddd; padding: 3px 6px; }
-#cohort td { overflow-wrap: anywhere; max-width: 260px; } #cohort td.num { text-align: right; }
+#cohort td { overflow-wrap: break-word; max-width: 260px; }
+#cohort td.num { text-align: right; white-space: nowrap; }
 #cohort th button { font: inherit; font-weight: 600; background: none; border: 0; padding: 0; cursor: pointer; }
 #cohort th[aria-sort="ascending"] button::after { content: " \\25B2"; }
 #cohort th[aria-sort="descending"] button::after { content: " \\25BC"; }

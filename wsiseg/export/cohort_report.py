@@ -33,6 +33,9 @@ __all__ = ["render_cohort_html", "report_columns", "tsr_histogram", "write_cohor
 
 THUMB_DIR = "cohort_thumbs"
 #: Provenance columns the page shows when any slide has them (the CSV and Parquet files carry all).
+#: Text cells longer than this show their start (the whole text on hover), except in ``_FULL_TEXT`` columns.
+_MAX_CELL = 40
+_FULL_TEXT = frozenset({"slide", "failure"})
 _SHOWN_PROVENANCE = ("checkpoint_id", "card_sha256", "dp", "epsilon", "privacy_unit", "wsiseg_version")
 
 
@@ -212,19 +215,22 @@ def _table(rows: Sequence[dict[str, Any]], cols: Sequence[str], kinds: dict[str,
                    "</button></th>" for c in cols)  # fmt: skip
     body = []
     for i, row in enumerate(rows):
-        cells = "".join(_td(row.get(c), c in num) for c in cols)
+        cells = "".join(_td(row.get(c), c in num, full=c in _FULL_TEXT) for c in cols)
         body.append(f'<tr data-i="{i}" class="{"failed" if row.get("failed") else "ok"}">{cells}</tr>')
-    return f'<table id="cohort"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    table = f'<table id="cohort"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="scroll">{table}</div>'
 
 
-def _td(value: Any, numeric: bool) -> str:
+def _td(value: Any, numeric: bool, *, full: bool = False) -> str:
     if value is None or value == "":
         return '<td data-v=""></td>'
     if numeric:
         v = float(value)
         shown = f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
         return f'<td data-v="{v!r}" class="num">{shown}</td>'
-    text = str(value).replace(";", ", ") if isinstance(value, str) else str(value)
+    text = str(value).replace(";", ", ")
+    if len(text) > _MAX_CELL and not full:  # digests and long paths: the start, the whole on hover
+        return f'<td data-v="{_e(str(value))}" title="{_e(text)}">{_e(text[:16])}…</td>'
     return f'<td data-v="{_e(str(value))}">{_e(text)}</td>'
 
 
