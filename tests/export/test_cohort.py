@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from wsiseg.cli import app
 from wsiseg.errors import DataError
-from wsiseg.export.cohort import build_cohort_table, find_masks, write_cohort_table
+from wsiseg.export.cohort import build_cohort_table, find_masks, missing_exports, write_cohort_table
 from wsiseg.export.cohort_report import render_cohort_html, tsr_histogram, write_cohort_report
 
 # ``cohort_outputs`` (tests/export/conftest.py): four generated slides' masks as ``wsiseg predict`` writes them.
@@ -121,13 +121,16 @@ def test_pandas_reads_the_table(table: tuple[list[dict], Path], cohort_outputs: 
 
 
 def test_export_reused_until_the_mask_changes(cohort_outputs: Any, tmp_path: Path) -> None:
+    assert len(missing_exports(cohort_outputs.pred_dir, tmp_path)) == len(cohort_outputs.labels)
     build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path)
+    assert missing_exports(cohort_outputs.pred_dir, tmp_path) == []
     areas = tmp_path / "case_a_areas.csv"
     first = areas.stat().st_mtime_ns
     build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path)
     assert areas.stat().st_mtime_ns == first  # up to date: not exported again
     mask = cohort_outputs.pred_dir / "case_a.tif"
     os.utime(mask, ns=(first + 10**9, first + 10**9))  # a newer mask (predicted again)
+    assert missing_exports(cohort_outputs.pred_dir, tmp_path) == [mask]
     build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path)
     assert areas.stat().st_mtime_ns > first
 
@@ -136,6 +139,18 @@ def test_without_export_a_mask_gives_a_failed_row(cohort_outputs: Any, tmp_path:
     rows = build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path, export_missing=False)
     assert all(r["failed"] and "run 'wsiseg export'" in r["failure"] for r in rows)
     assert not list(tmp_path.iterdir())
+
+
+def test_failures_by_id_or_path_replace_rows(table: tuple[list[dict], Path], cohort_outputs: Any) -> None:
+    _, exp = table  # exported already: nothing is written again
+    rows = build_cohort_table(cohort_outputs.pred_dir, export_dir=exp,
+                              failures={"case_a": "worker died twice", "/in/y z.svs": (9, "disk full")})  # fmt: skip
+    by = {r["slide"]: r for r in rows}
+    assert by["case_a"]["failed"]
+    assert by["case_a"]["exit_code"] is None
+    assert by["case_a"]["tumor_um2"] is None
+    assert (by["y_z"]["exit_code"], by["y_z"]["slide_path"]) == (9, "/in/y z.svs")
+    assert not by["case_b"]["failed"]
 
 
 def test_find_masks_skips_other_files(cohort_outputs: Any, tmp_path: Path) -> None:

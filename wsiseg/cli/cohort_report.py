@@ -26,7 +26,7 @@ def cohort_report(
 
     from wsiseg.cli._console import console
     from wsiseg.errors import ConfigError
-    from wsiseg.export.cohort import build_cohort_table, find_masks, write_cohort_table
+    from wsiseg.export.cohort import build_cohort_table, find_masks, missing_exports, write_cohort_table
     from wsiseg.export.cohort_report import write_cohort_report
 
     if not pred_dir.is_dir():
@@ -37,8 +37,9 @@ def cohort_report(
         raise ConfigError(msg)
     export_dir = export_dir or pred_dir
     out = out or export_dir
-    for folder, flag in ((export_dir, "--export-dir"), (out, "--out")):
-        _check_writable(folder, flag)
+    if missing_exports(pred_dir, export_dir):  # only then is the export folder written to
+        _check_writable(export_dir, "--export-dir")
+    _check_writable(out, "--out")
     if min_tissue_mm2 < 0:
         msg = f"--min-tissue-mm2 must be >= 0, got {min_tissue_mm2}"
         raise ConfigError(msg)

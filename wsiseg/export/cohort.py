@@ -46,6 +46,7 @@ __all__ = [
     "TSR_DEFINITION",
     "build_cohort_table",
     "find_masks",
+    "missing_exports",
     "write_cohort_table",
 ]
 
@@ -90,6 +91,12 @@ def find_masks(pred_dir: Path) -> list[Path]:
         if isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("kind", "labels") == "labels":
             found.append(path)
     return found
+
+
+def missing_exports(pred_dir: Path, export_dir: Path | None = None) -> list[Path]:
+    """The masks of ``pred_dir`` whose areas CSV in ``export_dir`` (default ``pred_dir``) is absent or older."""
+    export_dir = pred_dir if export_dir is None else export_dir
+    return [m for m in find_masks(pred_dir) if not _is_fresh(export_dir / f"{m.name.split('.')[0]}_areas.csv", m)]
 
 
 def build_cohort_table(

@@ -35,6 +35,7 @@ THUMB_DIR = "cohort_thumbs"
 #: Provenance columns the page shows when any slide has them (the CSV and Parquet files carry all).
 #: Text cells longer than this show their start (the whole text on hover), except in ``_FULL_TEXT`` columns.
 _MAX_CELL = 40
+_EAGER_THUMBS = 60
 _FULL_TEXT = frozenset({"slide", "failure"})
 _SHOWN_PROVENANCE = ("checkpoint_id", "card_sha256", "dp", "epsilon", "privacy_unit", "wsiseg_version")
 
@@ -196,7 +197,8 @@ def _summary(rows: Sequence[dict[str, Any]]) -> str:
 def _card(i: int, row: dict[str, Any], thumb: str | None, link: str | None) -> str:
     name = _e(str(row.get("slide", "")))
     if thumb:
-        img = f'<img src="{_e(thumb)}" alt="overlay of {name}" loading="eager">'
+        lazy = "lazy" if i >= _EAGER_THUMBS else "eager"  # a large cohort loads its first screens at once
+        img = f'<img src="{_e(thumb)}" alt="overlay of {name}" loading="{lazy}">'
         visual = f'<a href="{_e(link)}">{img}</a>' if link else img
     else:
         reason = row.get("failure") or "no overlay"
