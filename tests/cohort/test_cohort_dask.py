@@ -180,3 +180,32 @@ def test_rerun_after_interruption_redoes_only_unfinished(
     assert summary.count("failed") == len(BAD)
     assert outputs(out) == outputs(reference)
     assert not leftovers(out)
+
+
+def test_slide_that_kills_every_worker_fails_after_bounded_retries(cohort_inputs: Path, tmp_path: Path) -> None:
+    from wsiseg.cohort.cluster import CohortOptions, open_client
+    from wsiseg.cohort.run import WORKER_LOST_CODE, run_cohort
+
+    out = tmp_path / "doomed"
+    out.mkdir()
+    jobs, prov = _jobs(cohort_inputs, out)
+    jobs = [j for j in jobs if j.slide.stem in (BIG, "s0")]
+    big_starts: list[int] = []
+
+    def on_event(msg: dict[str, Any]) -> None:
+        if Path(msg["slide"]).stem == BIG:  # this slide "crashes" its worker on every attempt
+            big_starts.append(int(msg["pid"]))
+            os.kill(int(msg["pid"]), signal.SIGKILL)
+
+    with open_client(CohortOptions(cluster="local", workers=2, retries=1)) as c:
+        summary = run_cohort(c, jobs, checkpoint=prov["checkpoint"], checkpoint_id=prov["checkpoint_id"],
+                             device="cpu", retries=1, out_dir=out, on_event=on_event)  # fmt: skip
+    assert len(big_starts) == 2  # the first run and one retry, then the scheduler gives up
+    by_name = {Path(o.slide).stem: o for o in summary.outcomes}
+    assert by_name["s0"].status == "done"
+    lost = by_name[BIG]
+    assert (lost.status, lost.exit_code) == ("failed", WORKER_LOST_CODE)
+    assert "its worker died on every attempt" in lost.reason
+    assert not (out / f"{BIG}.tif").exists()
+    # only the killed writer's scratch may be left (the next run of the cohort removes it)
+    assert all(name.startswith(f".{BIG}.tif.") for name in leftovers(out))
