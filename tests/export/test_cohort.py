@@ -188,6 +188,8 @@ def test_report_escapes_names_and_loads_nothing_external(table: tuple[list[dict]
         with Image.open(thumb) as img:
             assert max(img.size) <= 256
     assert page.count('<tr data-i="') == len(rows)
+    assert 'fill="#00e5ff"/></svg> tumor' in page  # the legend draws the overlay's colours (tumour replaced)
+    assert "> background</span>" not in page
     assert render_cohort_html([], []).count("<tr data-i=") == 0
 
 

@@ -20,6 +20,7 @@ figure.card figcaption { font-size: 12px; margin-top: 4px; overflow-wrap: break-
 .missing { height: 120px; display: flex; align-items: center; justify-content: center; color: #a33;
   font-size: 12px; text-align: center; overflow: hidden; overflow-wrap: anywhere; }
 .qc { color: #a15c00; }
+.legend span { margin-right: 12px; } .legend svg { vertical-align: -1px; }
 #tsr-histogram .bar { fill: #4a78b5; } #tsr-histogram .bar:hover { fill: #2d5690; }
 #tsr-histogram .axis { stroke: #333; } #tsr-histogram .threshold { stroke: #c33; stroke-dasharray: 4 3; }
 #tsr-histogram text { font-size: 11px; fill: #333; } #tsr-histogram .tick, #tsr-histogram .count,
@@ -27,8 +28,8 @@ figure.card figcaption { font-size: 12px; margin-top: 4px; overflow-wrap: break-
 .scroll { overflow-x: auto; max-width: 100%; }
 table#cohort { border-collapse: collapse; font-size: 12px; }
 #cohort th, #cohort td { border: 1px solid #ddd; padding: 3px 6px; }
-#cohort td { overflow-wrap: break-word; max-width: 260px; }
-#cohort td.num { text-align: right; white-space: nowrap; }
+#cohort td { white-space: nowrap; } #cohort td.num { text-align: right; }
+#cohort td.wrap { white-space: normal; overflow-wrap: break-word; min-width: 90px; max-width: 260px; }
 #cohort th button { font: inherit; font-weight: 600; background: none; border: 0; padding: 0; cursor: pointer; }
 #cohort th[aria-sort="ascending"] button::after { content: " \\25B2"; }
 #cohort th[aria-sort="descending"] button::after { content: " \\25BC"; }

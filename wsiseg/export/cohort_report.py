@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from wsiseg import __version__
+from wsiseg.classes import ClassTable
 from wsiseg.export._cohort_page import PAGE_CSS, PAGE_JS
 from wsiseg.export.cohort import PROVENANCE_ALIASES, TSR_DEFINITION, column_kind
 from wsiseg.fileio import atomic_output, atomic_write_text
@@ -56,7 +57,8 @@ def write_cohort_report(rows: Sequence[dict[str, Any]], out_dir: Path, *, title:
     out_dir.mkdir(parents=True, exist_ok=True)
     thumbs = write_thumbnails(rows, out_dir / THUMB_DIR, size=thumb_size)
     links = [_href(Path(r["overlay"]), out_dir) if r.get("overlay") else None for r in rows]
-    page = render_cohort_html(rows, [_href(t, out_dir) if t else None for t in thumbs], links, title=title)
+    page = render_cohort_html(rows, [_href(t, out_dir) if t else None for t in thumbs], links, title=title,
+                              classes=_mask_classes(rows))  # fmt: skip
     return atomic_write_text(out_dir / "cohort.html", page)
 
 
@@ -118,6 +120,7 @@ def render_cohort_html(
     links: Sequence[str | None] | None = None,
     *,
     title: str = "wsiseg cohort report",
+    classes: ClassTable | None = None,
 ) -> str:
     """The page as a string (pure: no file access).
 
@@ -126,6 +129,7 @@ def render_cohort_html(
         thumbs: Per row, the thumbnail's URL relative to the page, or ``None``.
         links: Per row, the full overlay's URL relative to the page, or ``None``.
         title: Page title.
+        classes: Class table of the masks, for the gallery's colour legend (none without it).
 
     Returns:
         The complete HTML document.
@@ -139,7 +143,8 @@ def render_cohort_html(
     body = "\n".join([
         f"<h1>{_e(title)}</h1>", _summary(rows), '<section><h2>Tumour-stroma ratio</h2>',
         f"<p class=note>{_e(TSR_DEFINITION)}.</p>", histogram_svg(tsr_histogram(tsr)), "</section>",
-        '<section><h2>Gallery</h2><div id="gallery">', *(_card(i, r, thumbs[i], links[i]) for i, r in enumerate(rows)),
+        f'<section><h2>Gallery</h2>{_legend(classes)}<div id="gallery">',
+        *(_card(i, r, thumbs[i], links[i]) for i, r in enumerate(rows)),
         "</div></section>", "<section><h2>Slides</h2><p class=note>Click a column header to sort; click again to "
         "reverse.</p>", _table(rows, cols, kinds), "</section>",
     ])  # fmt: skip
@@ -194,6 +199,35 @@ def _summary(rows: Sequence[dict[str, Any]]) -> str:
     return f'<p id="summary">{" · ".join(_e(f) for f in facts)}</p>'
 
 
+def _legend(classes: ClassTable | None) -> str:
+    """Colour swatches of the overlay classes (SVG fills, which the page's CSP allows, unlike style attributes)."""
+    if classes is None:
+        return ""
+    from wsiseg.export.overlay import overlay_palette
+
+    items = [f'<span><svg width="12" height="12" aria-hidden="true"><rect width="12" height="12" '
+             f'fill="#{int(r):02x}{int(g):02x}{int(b):02x}"/></svg> {_e(c.name)}</span>'
+             for c, (r, g, b) in zip(classes.classes, overlay_palette(classes), strict=True) if c.id != 0]  # fmt: skip
+    return f'<p class="legend">Overlay colours: {" ".join(items)}</p>'
+
+
+def _mask_classes(rows: Sequence[dict[str, Any]]) -> ClassTable | None:
+    """The class table in the sidecar of the first mask of ``rows`` that has one, or ``None``."""
+    import json
+
+    from wsiseg.export.tiff import sidecar_path
+
+    for row in rows:
+        if not row.get("mask"):
+            continue
+        try:
+            meta = json.loads(sidecar_path(Path(row["mask"])).read_text(encoding="utf-8"))
+            return ClassTable.from_list(meta["classes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _card(i: int, row: dict[str, Any], thumb: str | None, link: str | None) -> str:
     name = _e(str(row.get("slide", "")))
     if thumb:
@@ -233,7 +267,8 @@ def _td(value: Any, numeric: bool, *, full: bool = False) -> str:
     text = str(value).replace(";", ", ")
     if len(text) > _MAX_CELL and not full:  # digests and long paths: the start, the whole on hover
         return f'<td data-v="{_e(str(value))}" title="{_e(text)}">{_e(text[:16])}…</td>'
-    return f'<td data-v="{_e(str(value))}">{_e(text)}</td>'
+    wrap = ' class="wrap"' if full else ""
+    return f'<td data-v="{_e(str(value))}"{wrap}>{_e(text)}</td>'
 
 
 def _label(col: str) -> str:
