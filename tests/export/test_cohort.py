@@ -214,3 +214,23 @@ def test_cli_bad_folders_exit_2(cohort_outputs: Any, tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "is a file, not a folder" in res.output
     assert not (tmp_path / "exp").exists()
+
+
+def test_mask_without_mpp_flags_no_mpp_and_low_tissue_by_share(tmp_path: Path) -> None:
+    from wsiseg.classes import DEFAULT_CLASSES
+    from wsiseg.export.sinks import write_label_pyramid
+
+    lab = np.zeros((100, 120), dtype=np.uint8)
+    lab[:5, :10] = 2  # 50 of 12,000 px: 0.4 % tissue
+    write_label_pyramid(tmp_path / "nompp.tif", lab, mpp=None, classes=DEFAULT_CLASSES,  # type: ignore[arg-type]
+                        provenance={"slide": "/gone/nompp.png", "mpp_source": "none"})  # fmt: skip
+    (row,) = build_cohort_table(tmp_path)
+    assert row["no_mpp"]
+    assert row["tissue_mm2"] is None
+    assert row["stroma_um2"] is None
+    assert row["tissue_px_level0"] == pytest.approx(50.0)
+    assert row["tissue_share"] == pytest.approx(50 / 12_000)
+    assert row["low_tissue"]
+    assert row["stroma_fraction"] == pytest.approx(1.0)
+    assert row["qc"] == "no_mpp;low_tissue"
+    assert build_cohort_table(tmp_path, min_tissue_share=0.001)[0]["qc"] == "no_mpp"
