@@ -121,17 +121,21 @@ def test_pandas_reads_the_table(table: tuple[list[dict], Path], cohort_outputs: 
 
 
 def test_export_reused_until_the_mask_changes(cohort_outputs: Any, tmp_path: Path) -> None:
-    assert len(missing_exports(cohort_outputs.pred_dir, tmp_path)) == len(cohort_outputs.labels)
-    build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path)
-    assert missing_exports(cohort_outputs.pred_dir, tmp_path) == []
-    areas = tmp_path / "case_a_areas.csv"
+    import shutil
+
+    pred, exp = tmp_path / "pred", tmp_path / "exp"
+    shutil.copytree(cohort_outputs.pred_dir, pred)  # this test changes a mask's time: not the shared fixture's
+    assert len(missing_exports(pred, exp)) == len(cohort_outputs.labels)
+    build_cohort_table(pred, export_dir=exp)
+    assert missing_exports(pred, exp) == []
+    areas = exp / "case_a_areas.csv"
     first = areas.stat().st_mtime_ns
-    build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path)
+    build_cohort_table(pred, export_dir=exp)
     assert areas.stat().st_mtime_ns == first  # up to date: not exported again
-    mask = cohort_outputs.pred_dir / "case_a.tif"
+    mask = pred / "case_a.tif"
     os.utime(mask, ns=(first + 10**9, first + 10**9))  # a newer mask (predicted again)
-    assert missing_exports(cohort_outputs.pred_dir, tmp_path) == [mask]
-    build_cohort_table(cohort_outputs.pred_dir, export_dir=tmp_path)
+    assert missing_exports(pred, exp) == [mask]
+    build_cohort_table(pred, export_dir=exp)
     assert areas.stat().st_mtime_ns > first
 
 
@@ -234,3 +238,33 @@ def test_mask_without_mpp_flags_no_mpp_and_low_tissue_by_share(tmp_path: Path) -
     assert row["stroma_fraction"] == pytest.approx(1.0)
     assert row["qc"] == "no_mpp;low_tissue"
     assert build_cohort_table(tmp_path, min_tissue_share=0.001)[0]["qc"] == "no_mpp"
+
+
+def test_cli_lists_the_failures_of_a_cohort_run(cohort_outputs: Any, tmp_path: Path) -> None:
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    from wsiseg.cohort.run import SUMMARY_NAME
+    from wsiseg.cohort.worker import SlideOutcome
+    from wsiseg.export.cohort import COHORT_SUMMARY, failures_from_summary
+
+    assert COHORT_SUMMARY == SUMMARY_NAME
+    pred = tmp_path / "pred"
+    shutil.copytree(cohort_outputs.pred_dir, pred)
+    outcomes = [SlideOutcome("/in/bad.svs", str(pred / "bad.tif"), "failed", reason="not a slide", exit_code=3),
+                SlideOutcome("/in/case_a.svs", str(pred / "case_a.tif"), "failed", reason="worker lost", exit_code=1),
+                SlideOutcome("/in/case_b.svs", str(pred / "case_b.tif"), "done")]  # fmt: skip
+    summary = pred / SUMMARY_NAME
+    summary.write_text(json.dumps([asdict(o) for o in outcomes]))
+    later = summary.stat().st_mtime_ns + 10**9
+    os.utime(pred / "case_a.tif", ns=(later, later))  # predicted again after that run: complete now
+    assert failures_from_summary(pred) == {"bad": (3, "not a slide")}
+    res = runner.invoke(app, ["cohort-report", str(pred), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "5 slide(s): 4 ok, 1 failed" in res.output
+    assert "bad: not a slide" in res.output
+    with (tmp_path / "rep" / "cohort.csv").open(newline="", encoding="utf-8") as fh:
+        by = {r["slide"]: r for r in csv.DictReader(fh)}
+    assert (by["bad"]["status"], by["bad"]["exit_code"]) == ("failed", "3")
+    assert by["case_a"]["status"] == "ok"

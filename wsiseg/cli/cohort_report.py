@@ -21,18 +21,29 @@ def cohort_report(
     min_tissue_mm2: Annotated[float, typer.Option(help="Flag slides with less tissue than this (mm^2).")] = 1.0,
     title: Annotated[str, typer.Option(help="Title of the HTML page.")] = "wsiseg cohort report",
 ) -> None:
-    """One row per slide (class areas, tumour-stroma ratio, QC flags, provenance) and a page to browse them."""
+    """One row per slide (class areas, tumour-stroma ratio, QC flags, provenance) and a page to browse them.
+
+    The slides that a cohort run (``wsiseg predict --cluster``) failed, listed in its ``cohort_summary.json``,
+    get a failed row with their reason and exit code.
+    """
     from rich.markup import escape
 
     from wsiseg.cli._console import console
     from wsiseg.errors import ConfigError
-    from wsiseg.export.cohort import build_cohort_table, find_masks, missing_exports, write_cohort_table
+    from wsiseg.export.cohort import (
+        build_cohort_table,
+        failures_from_summary,
+        find_masks,
+        missing_exports,
+        write_cohort_table,
+    )
     from wsiseg.export.cohort_report import write_cohort_report
 
     if not pred_dir.is_dir():
         msg = f"{pred_dir}: no such folder; pass the --out folder of 'wsiseg predict'"
         raise ConfigError(msg)
-    if not find_masks(pred_dir):
+    failures = failures_from_summary(pred_dir)  # the slides a cohort run (predict --cluster) could not do
+    if not find_masks(pred_dir) and not failures:
         msg = f"{pred_dir} holds no mask.tif written by 'wsiseg predict' (with its .json sidecar); check the folder"
         raise ConfigError(msg)
     export_dir = export_dir or pred_dir
@@ -44,7 +55,7 @@ def cohort_report(
         msg = f"--min-tissue-mm2 must be >= 0, got {min_tissue_mm2}"
         raise ConfigError(msg)
     with console.status("reading (and exporting) the masks"):
-        rows = build_cohort_table(pred_dir, export_dir=export_dir, min_tissue_mm2=min_tissue_mm2)
+        rows = build_cohort_table(pred_dir, export_dir=export_dir, failures=failures, min_tissue_mm2=min_tissue_mm2)
     files = [*write_cohort_table(rows, out), write_cohort_report(rows, out, title=title)]
     failed = [r for r in rows if r["failed"]]
     flagged = sum(1 for r in rows if r["qc"] and not r["failed"])

@@ -45,6 +45,7 @@ __all__ = [
     "PROVENANCE_ALIASES",
     "TSR_DEFINITION",
     "build_cohort_table",
+    "failures_from_summary",
     "find_masks",
     "missing_exports",
     "write_cohort_table",
@@ -73,6 +74,9 @@ _BOOL_COLUMNS = frozenset(_QC[1:])
 _FLOAT_SUFFIXES = ("_um2", "_mm2", "_fraction", "_px_level0")
 _FLOAT_COLUMNS = frozenset({"tsr", "tumor_per_stroma", "tissue_share", "epsilon", "delta"})
 _SKIP_PROVENANCE = frozenset({"slide"})
+#: The per-slide summary a cohort run (``wsiseg predict --cluster``) leaves in its output folder; the name is
+#: ``wsiseg.cohort.run.SUMMARY_NAME``, not imported here because that module loads torch (a test checks it).
+COHORT_SUMMARY = "cohort_summary.json"
 
 Row = dict[str, Any]
 
@@ -97,6 +101,33 @@ def missing_exports(pred_dir: Path, export_dir: Path | None = None) -> list[Path
     """The masks of ``pred_dir`` whose areas CSV in ``export_dir`` (default ``pred_dir``) is absent or older."""
     export_dir = pred_dir if export_dir is None else export_dir
     return [m for m in find_masks(pred_dir) if not _is_fresh(export_dir / f"{m.name.split('.')[0]}_areas.csv", m)]
+
+
+def failures_from_summary(pred_dir: Path) -> dict[str, tuple[int, str]]:
+    """The failed slides that the last cohort run recorded in ``pred_dir/cohort_summary.json``.
+
+    A slide whose mask was completed after that run (a mask newer than the summary) is not a failure any more.
+
+    Returns:
+        Mask stem -> ``(exit_code, reason)``, for :func:`build_cohort_table`'s ``failures``; empty without a
+        readable summary.
+    """
+    path = pred_dir / COHORT_SUMMARY
+    items = _read_json(path)
+    if not isinstance(items, list):
+        return {}
+    written = path.stat().st_mtime_ns
+    out: dict[str, tuple[int, str]] = {}
+    for item in items:
+        if not (isinstance(item, dict) and item.get("status") == "failed" and item.get("target")):
+            continue
+        target = pred_dir / Path(str(item["target"])).name
+        if target.is_file() and target.stat().st_mtime_ns > written:
+            continue
+        code = item.get("exit_code")
+        code = code if isinstance(code, int) and code > 0 else 1
+        out[target.name.split(".")[0]] = (code, str(item.get("reason", "")))
+    return out
 
 
 def build_cohort_table(
