@@ -8,6 +8,8 @@ No assertion depends on timing: the kill is sent when the worker reports that it
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import os
 import shutil
@@ -123,6 +125,29 @@ def test_cli_cohort_equals_single_process_and_reports_bad_slides(
     log = (out / "cohort.log").read_text()
     assert "progress 8/8 done 6 failed 2 skipped 0" in log
     assert log.count(" started ") == 8
+    for name in GOOD:  # each worker exported the masks it predicted
+        assert (out / f"{name}_areas.csv").is_file()
+        assert (out / f"{name}.geojson").is_file()
+    with (out / "cohort.csv").open(newline="") as fh:  # then the cohort table, the failures included
+        table = {row["slide"]: row for row in csv.DictReader(fh)}
+    assert set(table) == {*GOOD, "bad", "trunc"}
+    assert table["bad"]["exit_code"] == "3"
+    assert (
+        table["s0"]["checkpoint_id"]
+        == hashlib.sha256((cohort_inputs / "ckpt.safetensors").read_bytes()).hexdigest()[:16]
+    )
+
+
+def test_cli_on_an_existing_scheduler(cohort_inputs: Path, reference: Path, tmp_path: Path, client: Any) -> None:
+    out = tmp_path / "sched"
+    slides = [str(cohort_inputs / "slides" / f"{n}.svs") for n in ("s0", "s1")]
+    res = CliRunner().invoke(app, ["predict", *slides, "--out", str(out), "--checkpoint",
+                                   str(cohort_inputs / "ckpt"), "--device", "cpu", "--scheduler",
+                                   client.scheduler.address, "--no-export"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "2 predicted, 0 already complete, 0 failed" in " ".join(res.output.split())
+    assert outputs(out) == {k: v for k, v in outputs(reference).items() if k.startswith(("s0.", "s1."))}
+    assert not (out / "s0_areas.csv").exists()  # --no-export: masks only
 
 
 def test_worker_killed_mid_slide_is_retried(cohort_inputs: Path, reference: Path, tmp_path: Path, client: Any) -> None:

@@ -34,8 +34,13 @@ def cohort_options(
     return opts
 
 
-def predict_cohort(jobs: Sequence[SlideJob], opts: CohortOptions, *, overwrite: bool, device: str) -> None:
+def predict_cohort(
+    jobs: Sequence[SlideJob], opts: CohortOptions, *, overwrite: bool, device: str, export: bool = True
+) -> None:
     """Run the cohort, with a progress bar of slides, then print the failures and exit like a batch.
+
+    With ``export`` every worker exports the masks it predicts, and the cohort table and report are written
+    at the end (``wsiseg.export.cohort``).
 
     Raises:
         typer.Exit: When any slide failed (:func:`wsiseg.cli._console.batch_exit`).
@@ -59,19 +64,20 @@ def predict_cohort(jobs: Sequence[SlideJob], opts: CohortOptions, *, overwrite: 
                 bar.console.print(f"[bold red]failed:[/] {escape(outcome.reason)}", highlight=False, soft_wrap=True)
 
         summary = run_cohort(client, jobs, checkpoint=str(prov["checkpoint"]), checkpoint_id=str(prov["checkpoint_id"]),
-                             device=device, overwrite=overwrite, retries=opts.retries, out_dir=out_dir,
-                             on_progress=show)  # fmt: skip
+                             device=device, overwrite=overwrite, export=export, retries=opts.retries,
+                             out_dir=out_dir, on_progress=show)  # fmt: skip
     line = (f"cohort: {summary.count('done')} predicted, {summary.count('skipped')} already complete, "
             f"{len(summary.failed)} failed, in {summary.seconds:.1f} s; log in {out_dir / LOG_NAME}")  # fmt: skip
     console.print(escape(line), highlight=False)
     for o in summary.failed:
         console.print(f"  exit {o.exit_code}  {escape(Path(o.slide).name)}: {escape(o.reason)}", highlight=False,
                       soft_wrap=True)  # fmt: skip
-    _cohort_table(out_dir)
+    if export:
+        _cohort_table(out_dir, {Path(o.target).stem: (o.exit_code, o.reason) for o in summary.failed})
     batch_exit([o.exit_code for o in summary.failed], len(jobs))
 
 
-def _cohort_table(out_dir: Path) -> None:
+def _cohort_table(out_dir: Path, failures: dict[str, tuple[int, str]]) -> None:
     """Write the cohort table and report (``wsiseg.export.cohort``) when that part of wsiseg is installed."""
     from rich.markup import escape
 
@@ -84,7 +90,7 @@ def _cohort_table(out_dir: Path) -> None:
     except ImportError:
         return
     try:
-        rows = build_cohort_table(out_dir)
+        rows = build_cohort_table(out_dir, failures=failures)
         files = [*write_cohort_table(rows, out_dir), write_cohort_report(rows, out_dir)]
     except (WsisegError, OSError) as err:
         console.print(f"[bold yellow]warning:[/] cohort table not written: {escape(str(err))}", highlight=False)

@@ -44,6 +44,9 @@ def predict(
         int | None, typer.Option(help="Dask workers (--cluster): one per GPU, else per CPU core, by default.")
     ] = None,
     retries: Annotated[int, typer.Option(help="Dask: times a slide is retried after its worker died.")] = 2,
+    export: Annotated[
+        bool, typer.Option(help="Dask: export each mask on its worker, then write the cohort table and report.")
+    ] = True,
 ) -> None:
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
     from rich.markup import escape
@@ -88,6 +91,9 @@ def predict(
             raise CheckpointError(msg)
         model = run / "checkpoints" / "final"
         console.print(f"using the newest run's final checkpoint: {model}", highlight=False, markup=False)
+    if given(ctx, "export") and cluster is None and scheduler is None:
+        msg = "--export/--no-export goes with --cluster or --scheduler (without them, run wsiseg export on the masks)"
+        raise ConfigError(msg)
     cohort = cohort_options(cluster, scheduler, dask_workers, retries, out=out)
     if cohort is not None and not given(ctx, "workers"):
         workers = 0  # each Dask worker reads its slide itself unless --workers asks for reader processes
@@ -104,7 +110,7 @@ def predict(
     jobs = plan_jobs(sources, out, single=single, tiling=tiling, classes=classes, settings=settings, backend=backend,
                      slide_mpp=slide_mpp, ome=ome, probs=probs, provenance=checkpoint_provenance(ckpt))  # fmt: skip
     if cohort is not None:
-        return predict_cohort(jobs, cohort, overwrite=overwrite, device=device)
+        return predict_cohort(jobs, cohort, overwrite=overwrite, device=device, export=export)
     net = ckpt.build_model()
     net.to(settings.device)
     table = Table(title="Predictions")

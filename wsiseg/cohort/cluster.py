@@ -120,11 +120,14 @@ def open_client(opts: CohortOptions) -> Iterator[Any]:
             yield client
         return
     n = opts.workers or default_workers()
-    config = {"distributed.scheduler.allowed-failures": opts.retries, "distributed.worker.daemon": False}
+    # a worker gets its next slide only when it is free (saturation 1), so its death costs only the slide in flight
+    config = {"distributed.scheduler.allowed-failures": opts.retries, "distributed.worker.daemon": False,
+              "distributed.scheduler.worker-saturation": 1.0}  # fmt: skip
     with dask.config.set(config):
         if opts.cluster == "local":
+            # loopback only, the scheduler's HTTP routes too (on a free port, not a fixed 8787 on every interface)
             cluster: Any = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                        dashboard_address=None, silence_logs=logging.ERROR)  # fmt: skip
+                                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)  # fmt: skip
         else:
             cluster = _jobqueue_cluster(str(opts.cluster), n)
         with cluster, Client(cluster) as client:

@@ -110,6 +110,7 @@ def run_cohort(
     checkpoint_id: str,
     device: str = "auto",
     overwrite: bool = False,
+    export: bool = False,
     retries: int = 2,
     out_dir: Path,
     on_progress: Callable[[CohortProgress, SlideOutcome], None] | None = None,
@@ -124,6 +125,7 @@ def run_cohort(
         checkpoint_id: Its id; workers refuse weights that changed since.
         device: Device request for the workers (``auto`` spreads them over the GPUs).
         overwrite: Predict even the slides whose mask is complete.
+        export: Export each new mask on its worker too (overlay, GeoJSON, areas CSV beside the mask).
         retries: Times an unexpected error is retried (worker deaths: the scheduler's ``allowed-failures``).
         out_dir: The output folder (``cohort.log`` and ``cohort_summary.json`` go there).
         on_progress: Called after every outcome with the counts and the outcome.
@@ -164,7 +166,8 @@ def run_cohort(
         todo = [i for i, job in enumerate(jobs) if not _finished_here(i, job, overwrite, note)]
         client.subscribe_topic(EVENT_TOPIC, event)
         run = uuid.uuid4().hex[:8]
-        kwargs = {"checkpoint": checkpoint, "checkpoint_id": checkpoint_id, "device": device, "overwrite": overwrite}
+        kwargs = {"checkpoint": checkpoint, "checkpoint_id": checkpoint_id, "device": device, "overwrite": overwrite,
+                  "export": export}  # fmt: skip
         futures = {client.submit(predict_task, jobs[i], key=f"wsiseg-predict-{run}-{i}", retries=retries,
                                  pure=False, **kwargs): i for i in todo}  # fmt: skip
         for fut in as_completed(list(futures)):

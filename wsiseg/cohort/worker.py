@@ -24,10 +24,14 @@ from torch import nn
 from wsiseg.cohort.jobs import SlideJob
 from wsiseg.errors import CheckpointError, WsisegError, from_os_error, is_fatal_storage_error
 
-__all__ = ["EVENT_TOPIC", "SlideOutcome", "model_loads", "predict_task", "worker_model"]
+__all__ = ["EVENT_TOPIC", "FINISHED_EARLIER", "SlideOutcome", "model_loads", "predict_task", "worker_model"]
 
 #: The Dask event topic on which tasks report the slide they start (and where).
 EVENT_TOPIC = "wsiseg-cohort"
+
+#: The ``reason`` of a slide found complete on the worker: its worker died after the mask was in place (the
+#: scheduler ran it again), or another cluster finished it meanwhile.
+FINISHED_EARLIER = "complete already when this attempt started (an earlier attempt or another cluster wrote it)"
 
 _MODELS: dict[tuple[str, str], nn.Module] = {}
 _LOCK = threading.Lock()
@@ -41,8 +45,8 @@ class SlideOutcome:
     Attributes:
         slide: The slide path.
         target: Its mask path.
-        status: ``done`` (predicted now), ``skipped`` (already complete) or ``failed``.
-        reason: Why it failed (one line), else ``""``.
+        status: ``done`` (predicted in this run), ``skipped`` (complete before the run) or ``failed``.
+        reason: Why it failed (one line); for ``done``, :data:`FINISHED_EARLIER` or ``""``.
         exit_code: The exit code the CLI gives this failure for a single slide (0 unless failed).
         fatal: The failure (read-only or full disk) would hit every later slide too.
         seconds: Time spent predicting it.
@@ -102,7 +106,9 @@ def worker_model(checkpoint: str, checkpoint_id: str, device: str) -> nn.Module:
         return _MODELS[key]
 
 
-def predict_task(job: SlideJob, *, checkpoint: str, checkpoint_id: str, device: str, overwrite: bool) -> SlideOutcome:
+def predict_task(
+    job: SlideJob, *, checkpoint: str, checkpoint_id: str, device: str, overwrite: bool, export: bool = False
+) -> SlideOutcome:
     """Predict one slide of a cohort on this worker (see the module docstring).
 
     Args:
@@ -111,17 +117,22 @@ def predict_task(job: SlideJob, *, checkpoint: str, checkpoint_id: str, device: 
         checkpoint_id: Its id (:func:`wsiseg.inference.provenance.checkpoint_provenance`).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; ``auto`` and ``cuda`` spread workers over the GPUs.
         overwrite: Predict even when a finished mask is there.
+        export: Then export the new mask beside it (overlay PNG, GeoJSON, areas CSV), as ``wsiseg export`` does.
     """
     worker, pid = _report_start(job)
     base = SlideOutcome(str(job.slide), str(job.target), "started", worker=worker, pid=pid)
     start = time.perf_counter()
     try:
-        if not overwrite and job.done():
-            return replace(base, status="skipped", model_loads=model_loads())
+        if not overwrite and job.done():  # the cohort checked before submitting: an earlier attempt finished it
+            return replace(base, status="done", reason=FINISHED_EARLIER, model_loads=model_loads())
         dev = _device(device, worker)
         net = worker_model(checkpoint, checkpoint_id, dev)
         readers = 0 if multiprocessing.current_process().daemon else job.settings.workers  # no children allowed
         res = job.run(net, settings=replace(job.settings, device=dev, workers=readers))
+        if export:
+            from wsiseg.export.report import export_mask
+
+            export_mask(job.target, job.target.parent, slide=job.slide)
     except (WsisegError, OSError) as raw:
         err = from_os_error(raw, job.target) if isinstance(raw, OSError) else raw
         return replace(base, status="failed", reason=str(err), exit_code=err.exit_code,
