@@ -22,7 +22,9 @@ def predict(
     checkpoint: o.CheckpointOpt = None,
     model: o.DeprecatedModelPath = None,
     runs: Annotated[Path, typer.Option(help="Where to look for the newest run.")] = Path("runs"),
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 16,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Windows per forward pass [default: 16 on a GPU, 2 on CPU (memory)].")
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="Reader processes (per Dask worker with --cluster: 0 by default).")
     ] = min(2, os.cpu_count() or 1),
@@ -46,6 +48,9 @@ def predict(
     retries: Annotated[int, typer.Option(help="Dask: times a slide is retried after its worker died.")] = 2,
     export: Annotated[
         bool, typer.Option(help="Dask: export each mask on its worker, then write the cohort table and report.")
+    ] = True,
+    strips: Annotated[
+        bool, typer.Option(help="Read tiled TIFF/SVS in strips, each stored tile decoded once (off: per window).")
     ] = True,
 ) -> None:
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
@@ -74,7 +79,7 @@ def predict(
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
 
-    if batch_size < 1 or workers < 0:
+    if (batch_size is not None and batch_size < 1) or workers < 0:
         msg = (f"--batch-size must be at least 1 (got {batch_size}) and --workers at least 0 "
                f"(0 reads in this process; got {workers})")  # fmt: skip
         raise ConfigError(msg)
@@ -105,7 +110,7 @@ def predict(
         msg = f"no slides found in {' '.join(slides)}"
         raise DataError(msg)
     single = len(sources) == 1 and out.suffix.lower() in {".tif", ".tiff"}
-    settings = PredictSettings(batch_size=batch_size, workers=workers, device=dev,
+    settings = PredictSettings(batch_size=batch_size, workers=workers, device=dev, strips=strips,
                                min_tissue=tiling.min_tissue if min_tissue is None else min_tissue)  # fmt: skip
     jobs = plan_jobs(sources, out, single=single, tiling=tiling, classes=classes, settings=settings, backend=backend,
                      slide_mpp=slide_mpp, ome=ome, probs=probs, provenance=checkpoint_provenance(ckpt))  # fmt: skip

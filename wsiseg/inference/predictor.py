@@ -6,8 +6,10 @@ format; ``wsiseg.export.slide_mask`` connects it to the pyramidal mask TIFF.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +25,16 @@ from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.plan import plan_windows
 from wsiseg.tiling.window import plan_reads
 
-__all__ = ["PredictPlan", "PredictSettings", "plan_prediction", "run_prediction"]
+__all__ = [
+    "CPU_BATCH",
+    "GPU_BATCH",
+    "PredictPlan",
+    "PredictSettings",
+    "cpu_threads",
+    "default_batch_size",
+    "plan_prediction",
+    "run_prediction",
+]
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,8 @@ class PredictSettings:
     """How to run the model.
 
     Attributes:
-        batch_size: Windows per forward pass.
+        batch_size: Windows per forward pass (None: :func:`default_batch_size` of the device, 16 on CUDA and 2
+            on CPU, where every window in the batch adds its activations to the process's memory).
         workers: Reader processes (0 reads in this process).
         device: Torch device string.
         amp: bf16 autocast on CUDA.
@@ -40,9 +52,11 @@ class PredictSettings:
         min_tissue: Tissue fraction a window needs to be predicted (others are background).
         strips: Read tiled TIFF/SVS levels in strips, each stored tile decoded once per reader process
             (False: one ``read_region`` per window; same pixels, see ``wsiseg.slide.strips``).
+        threads: torch threads for a CPU forward pass (None: :func:`cpu_threads`, the cores the reader
+            processes leave free; the previous setting is restored afterwards).
     """
 
-    batch_size: int = 16
+    batch_size: int | None = None
     workers: int = 0
     device: str = "cpu"
     amp: bool = True
@@ -50,6 +64,52 @@ class PredictSettings:
     emit_probs: bool = False
     min_tissue: float = 0.1
     strips: bool = True
+    threads: int | None = None
+
+
+#: Default windows per forward pass on CUDA and on CPU.
+GPU_BATCH, CPU_BATCH = 16, 2
+
+
+def default_batch_size(device: str) -> int:
+    """Windows per forward pass when none is given: 16 on CUDA, 2 on CPU.
+
+    On CPU the activations of every window of a batch sit in the process's memory (``dhunet_tiny``: about
+    20 MiB per 224 px window, which took ``wsiseg predict`` past 1 GiB at batch 16), and a larger batch is not
+    faster there (one torch thread, measured in one run: 15.9, 16.3, 16.5 and 14.2 windows per CPU-second at
+    batch 1, 2, 4 and 16, ``benchmarks/RESULTS.md``); on a GPU a batch keeps the device busy.
+
+    >>> default_batch_size("cpu"), default_batch_size("cuda:0")
+    (2, 16)
+    """
+    return GPU_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
+def cpu_threads(workers: int, cores: int | None = None) -> int:
+    """Torch threads for a CPU forward pass beside ``workers`` reader processes: the cores they leave, at least 1.
+
+    More threads than free cores make OpenMP spin against the readers (2.5x fewer windows per CPU-second
+    with 2 threads and 2 readers on 2 cores than with 1 thread, ``benchmarks/RESULTS.md``).
+
+    >>> cpu_threads(2, cores=2), cpu_threads(2, cores=16), cpu_threads(0, cores=4)
+    (1, 14, 4)
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - workers)
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (None: leave them), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -113,10 +173,27 @@ def run_prediction(
                             emit_probs=settings.emit_probs)  # fmt: skip
     reads = plan_reads(slide, plan.level, strips=settings.strips)
     ds = WindowDataset(slide, plan.origins, plan.level, plan.read_size, tiling.size, tiling.resize, reads)
-    loader = DataLoader(ds, batch_size=settings.batch_size, shuffle=False, num_workers=settings.workers,
-                        pin_memory=settings.device.startswith("cuda"),
+    cuda = settings.device.startswith("cuda")
+    batch = settings.batch_size or default_batch_size(settings.device)
+    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=settings.workers, pin_memory=cuda,
                         persistent_workers=False)  # fmt: skip
     model.eval()
+    threads = None if cuda else (settings.threads or cpu_threads(settings.workers))
+    with _torch_threads(threads):
+        done, seconds = _predict_windows(model, loader, plan, stitcher, settings, progress)
+    return {"windows": float(done), "seconds": seconds, "windows_per_s": done / seconds if seconds else 0.0}
+
+
+def _predict_windows(
+    model: nn.Module,
+    loader: DataLoader[tuple[torch.Tensor, int]],
+    plan: PredictPlan,
+    stitcher: BandStitcher,
+    settings: PredictSettings,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[int, float]:
+    """The forward loop: every batch through the model into the stitcher; returns ``(windows, seconds)``."""
+    geo = plan.geometry
     cuda = settings.device.startswith("cuda")
     start, done = time.perf_counter(), 0
     for images, indices in loader:
@@ -135,8 +212,7 @@ def run_prediction(
         if progress:
             progress(done, len(plan.origins))
     stitcher.finish()
-    seconds = time.perf_counter() - start
-    return {"windows": float(done), "seconds": seconds, "windows_per_s": done / seconds if seconds else 0.0}
+    return done, time.perf_counter() - start
 
 
 def _probe_classes(model: nn.Module, size: int, device: str) -> int:
