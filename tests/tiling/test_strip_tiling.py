@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,20 @@ def test_strip_tiles_equal_per_window_tiles(slide_path: Path, tmp_path: Path, wo
     assert a == b  # same pixels, same resize, same JPEG bytes, same names
     csv_ref = (tmp_path / "ref" / ref.id / "tiles.csv").read_text()
     assert (tmp_path / "got" / got.id / "tiles.csv").read_text() == csv_ref  # same order
+
+
+def test_tile_cli_no_strips(slide_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``wsiseg tile --no-strips`` reads one window at a time and writes the same tiles."""
+    from typer.testing import CliRunner
+
+    from wsiseg.cli import app
+
+    args = ["--window", "512", "--stride", "256", "--size", "64", "--min-tissue", "0.05", "--workers", "1"]
+    with caplog.at_level(logging.INFO, logger="wsiseg.slide"):
+        off = CliRunner().invoke(app, ["tile", str(slide_path), "--out", str(tmp_path / "off"), *args, "--no-strips"])
+    assert off.exit_code == 0, off.output
+    assert "one window at a time (strip reading turned off)" in caplog.text
+    on = CliRunner().invoke(app, ["tile", str(slide_path), "--out", str(tmp_path / "on"), *args])
+    assert on.exit_code == 0, on.output
+    sid = slide_path.stem
+    assert _digests(tmp_path / "off" / sid) == _digests(tmp_path / "on" / sid) != {}

@@ -39,6 +39,9 @@ def tile(
     sites: Annotated[Path | None, typer.Option(help="CSV with columns slide,site (e.g. a synth cohort.csv).")] = None,
     workers: Annotated[int, typer.Option(help="Reader processes per slide.")] = min(2, os.cpu_count() or 1),
     overwrite: Annotated[bool, typer.Option(help="Re-tile slides that are already done.")] = False,
+    strips: Annotated[
+        bool, typer.Option(help="Read tiled TIFF/SVS in strips, each stored tile decoded once (off: per window).")
+    ] = True,
     max_window_mb: Annotated[
         float, typer.Option(help="Refuse settings that need more memory per window (all workers) than this.")
     ] = 1024.0,
@@ -91,7 +94,7 @@ def tile(
         outcomes = tile_many(
             sources, out, config, masks_dir=masks, use_masks=use_masks, palette=palette, backend=backend,
             slide_mpp=ForcedMpp(slide_mpp) if override_mpp and slide_mpp else slide_mpp,
-            sites=site_map, site=site, workers=workers, overwrite=overwrite,
+            sites=site_map, site=site, workers=workers, strips=strips, overwrite=overwrite,
             on_start=on_start, progress=on_progress,
         )  # fmt: skip
     _summary(outcomes, out, time.perf_counter() - started)

@@ -169,12 +169,15 @@ def tile_many(
     sites: dict[str, str] | None = None,
     site: str = "",
     workers: int = 1,
+    strips: bool = True,
     overwrite: bool = False,
     classes: ClassTable = DEFAULT_CLASSES,
     on_start: Callable[[Path, int], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[SlideOutcome]:
     """Tile every source into one dataset folder; a failing slide is recorded and the rest go on.
+
+    ``strips=False`` reads one ``read_region`` per window instead of strips (``tile_slide``); same tiles.
 
     Returns:
         One outcome per source, in order. The manifest covers every completed slide in ``out_dir``.
@@ -207,7 +210,7 @@ def tile_many(
                     outcomes.append(SlideOutcome(source, "skipped", old))
                     continue
             entry = _tile_one(source, out_dir, config, sid, label_file, classes, palette, backend, slide_mpp,
-                              (sites or {}).get(source.name, site), workers, progress)  # fmt: skip
+                              (sites or {}).get(source.name, site), (workers, strips), progress)  # fmt: skip
             outcomes.append(SlideOutcome(source, "tiled", entry, seconds=time.perf_counter() - start))
             _rewrite_manifest(out_dir, config, classes)  # a kill -9 later never leaves a done slide unlisted
         except (WsisegError, OSError) as raw:
@@ -231,7 +234,7 @@ def _tile_one(
     backend: str,
     slide_mpp: float | None,
     site: str,
-    workers: int,
+    reading: tuple[int, bool],
     progress: Callable[[int, int], None] | None,
 ) -> SlideEntry:
     if not source.exists():
@@ -246,8 +249,9 @@ def _tile_one(
         with open_slide(source, backend=backend) as probe:
             dims = probe.dimensions
         labels = load_labels(label_file, dims, classes, palette)
+    workers, strips = reading
     return tile_slide(source, out_dir, config, labels=labels, backend=backend, slide_mpp=slide_mpp, site=site,
-                      workers=workers, progress=progress, sid=sid)  # fmt: skip
+                      workers=workers, strips=strips, progress=progress, sid=sid)  # fmt: skip
 
 
 def _remove_scratch(out_dir: Path) -> None:
