@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import resource
@@ -130,15 +129,27 @@ def naive_loop(path: Path, windows: list[Window], window: int, size: int) -> int
     return len(windows)
 
 
-def strip_pass(path: Path, windows: list[Window], level: int, read: int, size: int, strips: bool) -> tuple[int, int]:
-    """Read + resize every window through ``WindowReader``; return ``(windows, tile decodes)``."""
+def strip_pass(
+    path: Path, windows: list[Window], level: int, read: int, size: int, strips: bool, decodes: list[int]
+) -> int:
+    """Read + resize every window through ``WindowReader``; the strip reader's tile decodes go to ``decodes``."""
     with open_slide(path) as slide:
         reader = WindowReader(slide, windows, level, read, size, "bilinear", plan_reads(slide, level, strips=strips))
         for _ in reader:
             pass
         if reader.strips is not None:
-            return len(windows), reader.strips.decodes
-        return len(windows), -1
+            decodes[:] = [reader.strips.decodes]
+        return len(windows)
+
+
+def interleaved(passes: dict[str, Callable[[], int]], rounds: int) -> dict[str, list[Any]]:
+    """Run every pass once per round, in turn, and sum ``[windows, wall s, CPU s]`` per pass."""
+    acc: dict[str, list[Any]] = {k: [0, 0.0, 0.0] for k in passes}
+    for _ in range(rounds):
+        for key, fn in passes.items():
+            for i, v in enumerate(timed(fn)):
+                acc[key][i] += v
+    return acc
 
 
 def tiles_under(path: Path, windows: list[Window], level: int, read: int) -> float:
@@ -175,21 +186,71 @@ def strip_rss(path: Path, windows: list[Window], level: int, read: int, work: Pa
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def tiatoolbox_rows(path: Path, windows: list[Window], mpp: float) -> list[tuple[str, int, float, float]] | str:
-    """TIAToolbox's reader at the windows' resolution (224 px over 1000 level-0 px), or why it was skipped."""
+def strip_rss_line(path: Path, windows: list[Window], level: int, read: int, work: Path) -> str:
+    """One sentence on the strip reader's memory over ``windows`` of ``path`` (a fresh process)."""
+    rss = strip_rss(path, windows, level, read, work)
+    strip_mib = rss["peak_tiles"] * rss["tile_bytes"] / 2**20
+    with open_slide(path) as slide:
+        size = f"{slide.dimensions[0]}x{slide.dimensions[1]}"
+    return (
+        f"Strip reader alone in a fresh process, {len(windows)} tissue windows of a {size} slide: peak RSS "
+        f"{rss['peak']:.0f} MiB for the whole process ({rss['base']:.0f} MiB after imports and opening the "
+        f"slide); the read pass itself peaked at {rss['heap']:.1f} MiB (tracemalloc) with at most "
+        f"{rss['peak_tiles']} decoded tiles held ({strip_mib:.1f} MiB; cap {rss['max_tiles']}, "
+        f"{rss['tiles_across']} tiles across)."
+    )
+
+
+def large_rss_line(args: argparse.Namespace, config: TilingConfig) -> str:
+    """The strip reader's memory on a ``--rss-size`` square slide (``make_large_slide``, deleted afterwards)."""
+    from wsiseg.testing.large import make_large_slide
+
+    path = args.work / f"large_{args.rss_size}_s{args.seed}.svs"
+    t0 = time.perf_counter()
+    make_large_slide(path, width=args.rss_size, height=args.rss_size, seed=args.seed)
+    made = time.perf_counter() - t0
     try:
-        from tiatoolbox.wsicore.wsireader import WSIReader  # type: ignore[import-not-found]
-    except ImportError:
-        return "TIAToolbox is not installed here: its row was skipped (optional dependency)."
-    resolution = mpp * 1000 / 224
+        with open_slide(path) as slide:
+            level, read = choose_level(slide.level_downsamples, config.window, config.size)
+            windows = tissue_windows(slide, config)
+        gb = path.stat().st_size / 1e9
+        return (
+            f"{strip_rss_line(path, windows, level, read, args.work)} (`make_large_slide`: {gb:.2f} GB in {made:.0f} s)"
+        )
+    finally:
+        if not args.keep:
+            path.unlink(missing_ok=True)
+
+
+def tiatoolbox_pass(path: Path, windows: list[Window], mpp: float, config: TilingConfig) -> Callable[[], int] | str:
+    """A pass of TIAToolbox's sliding-window extractor over ``windows``, or why it cannot run.
+
+    The extractor is built as a user would (``SlidingWindowPatchExtractor``, 224 px patches at stride 112 at
+    the mpp that puts a 1000 level-0 px window into 224 px); its grid is wsiseg's grid scaled by 224/1000, so
+    the pass reads exactly the tissue windows of the other paths, in the same raster order. Each patch is its
+    ``read_rect``: openslide ``read_region`` at the best level, then an OpenCV resize.
+    """
+    try:
+        from tiatoolbox.tools.patchextraction import (  # type: ignore[import-not-found]
+            SlidingWindowPatchExtractor,
+        )
+    except ImportError as err:
+        return f"TIAToolbox is not installed here ({err}): its row was skipped (optional dependency)."
+    scale = config.size / config.window
+    resolution = mpp / scale
 
     def run() -> int:
-        reader = WSIReader.open(path)
-        for x, y in windows:
-            reader.read_rect((x, y), (224, 224), resolution=resolution, units="mpp")
-        return len(windows)
+        ex = SlidingWindowPatchExtractor(str(path), patch_size=(config.size, config.size),
+                                         stride=(round(config.stride * scale),) * 2, resolution=resolution,
+                                         units="mpp")  # fmt: skip
+        where = {(int(x), int(y)): i for i, (x, y) in enumerate(ex.coordinate_list[:, :2].tolist())}
+        picks = [where[(round(x * scale), round(y * scale))] for x, y in windows]
+        for i in picks:
+            patch = ex[i]
+        assert patch.shape == (config.size, config.size, 3), patch.shape
+        return len(picks)
 
-    return [(f"TIAToolbox `read_rect` 224² at {resolution:.3f} mpp (naive subset)", *timed(run))]
+    return run
 
 
 def timed(fn: Callable[[], int]) -> tuple[int, float, float]:
@@ -211,50 +272,26 @@ def run(args: argparse.Namespace) -> list[str]:
         labels = load_labels(path.with_name(f"{path.stem}_mask.png"), slide.dimensions, DEFAULT_CLASSES, "auto")
     pick = np.linspace(0, len(windows) - 1, min(args.naive_n, len(windows))).round().astype(int)
     subset = [windows[i] for i in sorted(set(pick.tolist()))]
-    # (1) read + resize, interleaved: strips, per window, naive, per round
-    names = ("strips", "per-window", "naive")
-    acc = {k: [0, 0.0, 0.0] for k in names}
-    decodes = 0
-    for _ in range(args.rounds):
-        for key in names:
-            if key == "naive":
-                n, wall, cpu = timed(lambda: naive_loop(path, subset, config.window, config.size))
-            else:
-                box: list[int] = []
-
-                def one(key: str = key, box: list[int] = box) -> int:
-                    n, d = strip_pass(path, windows, level, read, config.size, key == "strips")
-                    box.append(d)
-                    return n
-
-                n, wall, cpu = timed(one)
-                if key == "strips":
-                    decodes = box[0]
-            acc[key][0] += n
-            acc[key][1] += wall
-            acc[key][2] += cpu
-    per_window = {
-        "strips": decodes / len(windows),
-        "per-window": tiles_under(path, windows, level, read),
-        "naive": tiles_under(path, subset, 0, config.window),
+    # (1) read + resize, interleaved: strips, per window, TIAToolbox, naive, per round
+    tia = tiatoolbox_pass(path, windows, mpp, config)
+    box: list[int] = []  # the strip reader's decodes of its last pass
+    passes: dict[str, Callable[[], int]] = {
+        "strips": lambda: strip_pass(path, windows, level, read, config.size, True, box),
+        "per-window": lambda: strip_pass(path, windows, level, read, config.size, False, box),
+        "naive": lambda: naive_loop(path, subset, config.window, config.size),
     }
+    if not isinstance(tia, str):
+        passes = {**dict(list(passes.items())[:2]), "tiatoolbox": tia, "naive": passes["naive"]}
+    acc = interleaved(passes, args.rounds)
+    under = tiles_under(path, windows, level, read)
+    per_window = {"strips": box[0] / len(windows), "per-window": under, "tiatoolbox": under,
+                  "naive": tiles_under(path, subset, 0, config.window)}  # fmt: skip
     lines = read_table(args, acc, per_window, level, read, len(windows), n_grid, len(subset))
-    tia = tiatoolbox_rows(path, subset, mpp)
-    lines += [
-        "",
-        tia if isinstance(tia, str) else " ".join(f"{r[0]}: {r[1] / r[3]:.1f} windows per CPU-s" for r in tia),
-    ]
-    rss = strip_rss(path, windows, level, read, args.work)
-    strip_mib = rss["peak_tiles"] * rss["tile_bytes"] / 2**20
-    wide = math.ceil(100_000 / 4 / 256) / rss["tiles_across"]  # tile columns at level 1 of a 100k slide
-    lines += [
-        "",
-        f"Strip reader alone in a fresh process: peak RSS {rss['peak']:.0f} MiB for the whole process "
-        f"({rss['base']:.0f} MiB after imports and opening the slide); the read pass itself peaked at "
-        f"{rss['heap']:.1f} MiB (tracemalloc) with at most {rss['peak_tiles']} decoded tiles held "
-        f"({strip_mib:.1f} MiB; cap {rss['max_tiles']}). At 100k x 100k the level-1 strip is {wide:.1f}x wider: "
-        f"about {strip_mib * wide:.0f} MiB of tiles (estimate, scaled by width).",
-    ]
+    if isinstance(tia, str):
+        lines += ["", tia]
+    lines += ["", strip_rss_line(path, windows, level, read, args.work)]
+    if args.rss_size:
+        lines += ["", large_rss_line(args, config)]
     # (2) the full tiling job, strips against per-window reads
     rows: list[tuple[str, int, float, float]] = []
     for strips, w in ((True, 1), (False, 1), (True, 2), (False, 2)):
@@ -291,20 +328,23 @@ def read_table(
     label = {
         "strips": f"wsiseg strips (`WindowReader`, level {level}, {read} px, each tile decoded once)",
         "per-window": f"wsiseg per window (`read_region` level {level}, {read} px, openslide)",
+        "tiatoolbox": "TIAToolbox 2.1.3 `SlidingWindowPatchExtractor` (224 px at the matching mpp, `read_rect`)",
         "naive": "naive: openslide level 0 1000² + PIL resize",
     }
+    ref = "tiatoolbox" if "tiatoolbox" in rate else "per-window"
     lines = [
         f"### bench_tile (read + resize to 224, interleaved, {args.rounds} rounds): {args.size}x{args.size} "
         f"synthetic SVS, {n_win} tissue windows of {n_grid} (naive on {n_naive}), {os.cpu_count()} CPUs",
         "",
         "| path (1 process) | windows | wall s | CPU s | windows per CPU-s | x naive | x per-window "
-        "| tile decodes per window |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"{'| x TIAToolbox ' if ref == 'tiatoolbox' else ''}| tile decodes per window |",
+        f"|---|---:|---:|---:|---:|---:|---:|{'---:|' if ref == 'tiatoolbox' else ''}---:|",
     ]
     for key, (n, wall, cpu) in acc.items():
+        tia = f"| {rate[key] / rate[ref]:.2f} " if ref == "tiatoolbox" else ""
         lines.append(
             f"| {label[key]} | {n} | {wall:.2f} | {cpu:.2f} | {rate[key]:.1f} | {rate[key] / rate['naive']:.1f} "
-            f"| {rate[key] / rate['per-window']:.2f} | {decodes[key]:.2f} |"
+            f"| {rate[key] / rate['per-window']:.2f} {tia}| {decodes[key]:.2f} |"
         )
     return lines
 
@@ -337,6 +377,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the read + resize paths")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wsiseg-bench")
     ap.add_argument("--out", type=Path, help="append the markdown table to this file")
+    ap.add_argument("--rss-size", type=int, default=0, help="also measure the strip reader on a slide this large")
+    ap.add_argument("--keep", action="store_true", help="keep the --rss-size slide")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     text = "\n".join(run(args)) + "\n"
