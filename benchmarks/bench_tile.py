@@ -306,7 +306,11 @@ def run(args: argparse.Namespace) -> list[str]:
         finally:
             shutil.rmtree(out, ignore_errors=True)
     for w in (1, 2):
-        res = timed(lambda w=w: read_resize(path, windows, level, read, config.size, w))
+
+        def only(w: int = w) -> int:
+            return read_resize(path, windows, level, read, config.size, w)
+
+        res = timed(only)
         rows.append((f"wsiseg read+resize only (`read_window` per window, level {level}), workers={w}", *res))
     naive = acc["naive"]
     rows.append(("naive: openslide level 0 1000² + PIL resize, 1 process", int(naive[0]), naive[1], naive[2]))
