@@ -8,9 +8,14 @@ does not depend on the weights). Then ``wsiseg predict SLIDE --checkpoint CKPT -
 every process below it (the DataLoader's reader workers) from ``/proc``. Target (issue 17): under 1 GiB per
 process at 100k x 100k.
 
+``--batches`` instead measures the model's forward pass alone at batch 1, 2, 4 and 16 with 1 and 2 torch
+threads, interleaved in one process: windows per CPU-second (the numbers behind
+the CPU defaults ``default_batch_size`` and ``cpu_threads``).
+
 Usage::
 
     .venv/bin/python benchmarks/bench_predict_rss.py --size 100000 --tissue 0.04
+    .venv/bin/python benchmarks/bench_predict_rss.py --batches
     .venv/bin/python benchmarks/bench_predict_rss.py --size 20000 --tissue 0.3 --out benchmarks/RESULTS.md
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -82,6 +88,34 @@ def make_checkpoint(folder: Path, model: str) -> Path:
     return path
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def batch_sweep(model: str, rounds: int = 2, windows: int = 32) -> list[str]:
+    """Forward-pass rate (windows per CPU-s) per batch size and torch thread count."""
+    net = create_model(model, pretrained=False).eval()
+    rates: dict[tuple[int, int], list[float]] = {}
+    with torch.no_grad():
+        net(torch.rand(2, 3, 224, 224))
+        for _ in range(rounds):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                for batch in (1, 2, 4, 16):
+                    calls = max(1, windows // batch)
+                    c0 = _cpu_s()
+                    for _ in range(calls):
+                        net(torch.rand(batch, 3, 224, 224))
+                    acc = rates.setdefault((threads, batch), [0.0, 0.0])
+                    acc[0] += calls * batch
+                    acc[1] += _cpu_s() - c0
+    lines = [f"### forward pass alone ({model}, 224 px, CPU, interleaved, {rounds} rounds)", "",
+             "| torch threads | batch | windows per CPU-s |", "|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {t} | {b} | {n / c:.1f} |" for (t, b), (n, c) in sorted(rates.items())]
+    return lines
+
+
 def main() -> None:
     """Generate, predict under ``/usr/bin/time -v``, print (and append) the result."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,7 +125,15 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "wsiseg-bench-rss")
     ap.add_argument("--keep", action="store_true", help="keep the generated slide")
     ap.add_argument("--out", type=Path, help="append the markdown lines to this file")
+    ap.add_argument("--batches", action="store_true", help="measure the forward pass per batch size instead")
     args = ap.parse_args()
+    if args.batches:
+        text = "\n".join(batch_sweep(args.model))
+        print(text, flush=True)
+        if args.out:
+            with args.out.open("a", encoding="utf-8") as fh:
+                fh.write("\n" + text + "\n")
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     slide = args.work / f"large_{args.size}_t{args.tissue:g}.svs"
     make_large_slide(slide, width=args.size, height=args.size, seed=1, tissue=args.tissue)
