@@ -10,10 +10,11 @@ The same generated slides and tiny untrained checkpoint (``unet_tiny``, 128 px w
 
 Reported: wall time and slides/hour of each; the scheduler's overhead per slide, as (1-worker wall - in-process
 wall) / slides (it includes the one model load on the worker) and as (1-worker wall - the sum of the workers'
-own per-slide times) / slides; cluster start-up and worker warm-up (importing torch, the slide readers and
-wsiseg once per worker process) times, which are not in the walls; the peak RSS of every worker process
-(``ru_maxrss`` read on the worker after the run) and of this process. With ``--gpu`` (CUDA only) the in-process
-and 1-worker runs are repeated on the GPU.
+own per-slide times) / slides; the CPU seconds per slide (this process in process; the workers' own, summed,
+on Dask), which the load of a shared machine changes far less than wall time; cluster start-up and worker
+warm-up (importing torch, timm, the slide readers and wsiseg once per worker process) times, which are not in the
+walls; the peak RSS of every worker process (``ru_maxrss`` read on the worker after the run) and of this
+process. With ``--gpu`` (CUDA only) the in-process and 1-worker runs are repeated on the GPU.
 
 Usage::
 
@@ -39,18 +40,25 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu_s(dask_worker: Any = None) -> float:
+    del dask_worker
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _worker_rss(dask_worker: Any = None) -> float:
     del dask_worker
     return _rss_mib()
 
 
 def _warm(dask_worker: Any = None) -> bool:
-    """Import what a task needs (torch, the slide readers, wsiseg): once per worker process, not per slide."""
+    """Import what a task needs (torch, timm, the slide readers, wsiseg): once per worker process, not per slide."""
     del dask_worker
     import wsiseg.cohort.worker
+    import wsiseg.models
     import wsiseg.slide
 
-    return bool(wsiseg.cohort.worker.EVENT_TOPIC and wsiseg.slide)
+    return bool(wsiseg.cohort.worker.EVENT_TOPIC and wsiseg.slide and wsiseg.models)
 
 
 def _inputs(root: Path, n: int, size: int) -> list[Path]:
@@ -72,7 +80,7 @@ def _jobs(root: Path, out: Path, device: str) -> tuple[list[Any], dict[str, Any]
 
     ckpt = load_checkpoint(root / "ckpt")
     card = ckpt.model_card
-    settings = PredictSettings(workers=0, device=device, min_tissue=card.tiling_config.min_tissue)
+    settings = PredictSettings(workers=0, device=device, min_tissue=card.tiling_config.min_tissue, threads=1)
     prov = checkpoint_provenance(ckpt)
     jobs = plan_jobs(expand_sources([str(root / "slides")]), out, tiling=card.tiling_config,
                      classes=card.class_table, settings=settings, provenance=prov)  # fmt: skip
@@ -86,17 +94,12 @@ def in_process(root: Path, device: str) -> dict[str, Any]:
     out = root / f"inproc-{device}"
     out.mkdir()
     jobs, _ = _jobs(root, out, device)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        net = load_checkpoint(root / "ckpt").build_model().to(device)
-        windows = sum(job.run(net).windows for job in jobs)
-        wall = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    start, cpu0 = time.perf_counter(), _cpu_s()
+    net = load_checkpoint(root / "ckpt").build_model().to(device)
+    windows = sum(job.run(net).windows for job in jobs)  # one torch thread (settings.threads), as a worker
+    wall, cpu = time.perf_counter() - start, _cpu_s() - cpu0
     return {"mode": f"in process ({device})", "wall_s": wall, "slides": len(jobs), "windows": windows,
-            "slides_per_hour": len(jobs) / wall * 3600}  # fmt: skip
+            "slides_per_hour": len(jobs) / wall * 3600, "cpu_s_per_slide": cpu / len(jobs)}  # fmt: skip
 
 
 def on_dask(root: Path, workers: int, device: str) -> dict[str, Any]:
@@ -113,16 +116,18 @@ def on_dask(root: Path, workers: int, device: str) -> dict[str, Any]:
         startup = time.perf_counter() - t0
         client.run(_warm)
         warmup = time.perf_counter() - t0 - startup
+        cpu0 = client.run(_cpu_s)
         start = time.perf_counter()
         summary = run_cohort(client, jobs, checkpoint=prov["checkpoint"], checkpoint_id=prov["checkpoint_id"],
                              device=device, retries=1, out_dir=out)  # fmt: skip
         wall = time.perf_counter() - start
+        cpu = sum(client.run(_cpu_s).values()) - sum(cpu0.values())  # workers restarted by a death would miss
         rss = sorted(client.run(_worker_rss).values())
     assert summary.count("done") == len(jobs), [o.reason for o in summary.failed]
     return {"mode": f"Dask, {workers} worker{'s' if workers > 1 else ''} ({device})", "wall_s": wall,
             "slides": len(jobs), "windows": sum(o.windows for o in summary.outcomes),
             "slides_per_hour": len(jobs) / wall * 3600, "task_seconds": sum(o.seconds for o in summary.outcomes),
-            "startup_s": startup, "warmup_s": warmup, "worker_peak_rss_mib": rss,
+            "startup_s": startup, "warmup_s": warmup, "worker_peak_rss_mib": rss, "cpu_s_per_slide": cpu / len(jobs),
             "model_loads": sum({o.pid: o.model_loads for o in summary.outcomes}.values())}  # fmt: skip
 
 
@@ -133,12 +138,13 @@ def _same_masks(root: Path, a: str, b: str) -> bool:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | wall s | slides/h | start-up s | warm-up s | worker peak RSS MiB | model loads |",
-        "|---|---|---|---|---|---|---|",
+        "| run | wall s | slides/h | CPU s/slide | start-up s | warm-up s | worker peak RSS MiB | model loads |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rss = ", ".join(f"{v:.0f}" for v in r.get("worker_peak_rss_mib", [])) or "-"
-        lines.append(f"| {r['mode']} | {r['wall_s']:.1f} | {r['slides_per_hour']:.0f} | {r.get('startup_s', 0):.1f} "
+        lines.append(f"| {r['mode']} | {r['wall_s']:.1f} | {r['slides_per_hour']:.0f} | {r['cpu_s_per_slide']:.2f} "
+                     f"| {r.get('startup_s', 0):.1f} "
                      f"| {r.get('warmup_s', 0):.1f} | {rss} | {r.get('model_loads', 1)} |")  # fmt: skip
     return "\n".join(lines)
 

@@ -12,7 +12,9 @@ in the output folder; every start of a slide on a worker is logged too, so a ret
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -87,19 +89,27 @@ class CohortSummary:
 
 
 class _Log:
-    """Plain lines with a UTC time stamp, appended and flushed one by one (a non-TTY log shows them as they come)."""
+    """Plain lines with a UTC time stamp, appended and flushed one by one (a non-TTY log shows them as they come).
+
+    Outcomes are written from the calling thread and task events from the client's event thread: a lock keeps
+    lines whole, and a line that comes after :meth:`close` is dropped.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fh: TextIO = path.open("a", encoding="utf-8")
+        self.lock = threading.Lock()
 
     def __call__(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.fh.write(f"{stamp} {text}\n")
-        self.fh.flush()
+        with self.lock:
+            if not self.fh.closed:
+                self.fh.write(f"{stamp} {text}\n")
+                self.fh.flush()
 
     def close(self) -> None:
-        self.fh.close()
+        with self.lock:
+            self.fh.close()
 
 
 def run_cohort(
@@ -161,10 +171,10 @@ def run_cohort(
         if on_event:
             on_event(msg)
 
+    log(f"cohort of {len(jobs)} slides on {_where(client)}")
     try:
-        log(f"cohort of {len(jobs)} slides on {_where(client)}")
-        todo = [i for i, job in enumerate(jobs) if not _finished_here(i, job, overwrite, note)]
         client.subscribe_topic(EVENT_TOPIC, event)
+        todo = [i for i, job in enumerate(jobs) if not _finished_here(i, job, overwrite, note)]
         run = uuid.uuid4().hex[:8]
         kwargs = {"checkpoint": checkpoint, "checkpoint_id": checkpoint_id, "device": device, "overwrite": overwrite,
                   "export": export}  # fmt: skip
@@ -184,8 +194,9 @@ def run_cohort(
                     other.cancel()
                 msg = f"{outcome.reason} (cohort stopped; finished masks are kept; rerun to continue)"
                 raise StorageError(msg)
-        client.unsubscribe_topic(EVENT_TOPIC)
     finally:
+        with contextlib.suppress(ValueError):  # not subscribed (the subscription itself failed)
+            client.unsubscribe_topic(EVENT_TOPIC)
         log.close()
     summary = CohortSummary([results[i] for i in sorted(results)], time.monotonic() - start)
     atomic_write_text(out_dir / SUMMARY_NAME, json.dumps([asdict(o) for o in summary.outcomes], indent=1) + "\n")

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from wsiseg.cohort.jobs import SlideJob
@@ -128,7 +129,9 @@ def predict_task(
         dev = _device(device, worker)
         net = worker_model(checkpoint, checkpoint_id, dev)
         readers = 0 if multiprocessing.current_process().daemon else job.settings.workers  # no children allowed
-        res = job.run(net, settings=replace(job.settings, device=dev, workers=readers))
+        # torch threads: the worker's own share (Dask starts workers with OMP_NUM_THREADS=1), not every core
+        threads = job.settings.threads or torch.get_num_threads()
+        res = job.run(net, settings=replace(job.settings, device=dev, workers=readers, threads=threads))
         if export:
             from wsiseg.export.report import export_mask
 
@@ -160,8 +163,6 @@ def _report_start(job: SlideJob) -> tuple[str, int]:
 
 def _device(device: str, worker: str) -> str:
     """The device of this worker: ``auto`` and ``cuda`` take GPU ``worker index % GPUs`` (one worker per GPU)."""
-    import torch
-
     from wsiseg.config import resolve_device
 
     dev = resolve_device(device)
