@@ -29,6 +29,7 @@ CLUSTER_KINDS = ("local", "slurm", "pbs")
 #: Seconds to wait for a scheduler to answer before the cohort fails.
 CONNECT_TIMEOUT_S = 5.0
 _JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,15 @@ def open_client(opts: CohortOptions) -> Iterator[Any]:
             yield client
         return
     n = opts.workers or default_workers()
-    # a worker gets its next slide only when it is free (saturation 1), so its death costs only the slide in flight
-    config = {"distributed.scheduler.allowed-failures": opts.retries, "distributed.worker.daemon": False,
-              "distributed.scheduler.worker-saturation": 1.0}  # fmt: skip
+    config = {
+        "distributed.scheduler.allowed-failures": opts.retries,
+        # a worker gets its next slide only when it is free, so its death costs only the slide in flight
+        "distributed.scheduler.worker-saturation": 1.0,
+        "distributed.worker.daemon": False,  # a worker may start reader processes (--workers)
+        # one BLAS/OpenMP thread per worker, as Dask's default, but without its MALLOC_TRIM_THRESHOLD_=65536:
+        # returning every freed 64 KiB to the OS cost 40 % more CPU per slide (benchmarks/RESULTS.md)
+        "distributed.nanny.pre-spawn-environ": dict.fromkeys(_THREAD_VARS, 1),
+    }
     with dask.config.set(config):
         if opts.cluster == "local":
             # loopback only, the scheduler's HTTP routes too (on a free port, not a fixed 8787 on every interface)
