@@ -121,7 +121,7 @@ def rss_one(size: int, batch: int, threads: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         writer = MaskTiffWriter(Path(tmp) / "mask.tif", geo.width, geo.height, mpp=plan.mask_mpp,
                                 classes=DEFAULT_CLASSES, downsample_to_level0=1.0 / geo.scale)  # fmt: skip
-        settings = PredictSettings(batch_size=batch, workers=0, device="cpu")
+        settings = PredictSettings(batch_size=batch, workers=0, device="cpu", threads=threads)
         stats = run_prediction(slide, model, plan, tiling, StitchSink(writer), settings)  # type: ignore[arg-type]
         writer.close()
         t1, c1 = time.perf_counter(), _cpu_s()
@@ -201,7 +201,7 @@ def real_table(work: Path, threads: int) -> list[str]:
     from wsiseg.inference.predictor import PredictSettings
 
     torch.set_num_threads(threads)
-    cpu = PredictSettings(batch_size=8, workers=0, device="cpu")
+    cpu = PredictSettings(batch_size=8, workers=0, device="cpu", threads=threads)
     lines = _real_header(f"CPU, {torch.get_num_threads()} threads, batch 8, loader workers 0, fp32")
     lines.append(real_row(work, "dhunet_tiny", _slide(work, 4096, 3072, 3), cpu, "fp32"))
     print(lines[-1], flush=True)
