@@ -92,7 +92,8 @@ class _Log:
     """Plain lines with a UTC time stamp, appended and flushed one by one (a non-TTY log shows them as they come).
 
     Outcomes are written from the calling thread and task events from the client's event thread: a lock keeps
-    lines whole, and a line that comes after :meth:`close` is dropped.
+    lines whole, and a line that comes after :meth:`close` is dropped. The log is a record, not the work: when
+    the disk refuses a line (full), logging stops and the cohort goes on (its slides report the fault).
     """
 
     def __init__(self, path: Path) -> None:
@@ -103,12 +104,17 @@ class _Log:
     def __call__(self, text: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self.lock:
-            if not self.fh.closed:
+            if self.fh.closed:
+                return
+            try:
                 self.fh.write(f"{stamp} {text}\n")
                 self.fh.flush()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self.fh.close()
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, contextlib.suppress(OSError):
             self.fh.close()
 
 
