@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,27 +237,16 @@ def test_slide_that_kills_every_worker_fails_after_bounded_retries(cohort_inputs
 
 
 def test_full_disk_stops_the_cohort_and_keeps_finished_masks(
-    cohort_inputs: Path, reference: Path, tmp_path: Path, client: Any
+    cohort_inputs: Path, reference: Path, client: Any, tmpfs: Callable[[str], Path]
 ) -> None:
-    import subprocess
-
     from wsiseg.cohort.run import run_cohort
     from wsiseg.errors import StorageError
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        jobs, prov = _jobs(cohort_inputs, mnt)
-        with pytest.raises(StorageError, match=r"no space left on the device.*cohort stopped"):
-            run_cohort(client, jobs, checkpoint=prov["checkpoint"], checkpoint_id=prov["checkpoint_id"],
-                       device="cpu", retries=2, out_dir=mnt)  # fmt: skip
-        for mask in mnt.glob("*.tif"):  # what is there under a final name is complete (atomic renames)
-            assert mask.read_bytes() == (reference / mask.name).read_bytes()
-        assert len(list(mnt.glob("*.tif"))) < len(GOOD)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    mnt = tmpfs("size=192k")
+    jobs, prov = _jobs(cohort_inputs, mnt)
+    with pytest.raises(StorageError, match=r"no space left on the device.*cohort stopped"):
+        run_cohort(client, jobs, checkpoint=prov["checkpoint"], checkpoint_id=prov["checkpoint_id"], device="cpu",
+                   retries=2, out_dir=mnt)  # fmt: skip
+    for mask in mnt.glob("*.tif"):  # what is there under a final name is complete (atomic renames)
+        assert mask.read_bytes() == (reference / mask.name).read_bytes()
+    assert len(list(mnt.glob("*.tif"))) < len(GOOD)
