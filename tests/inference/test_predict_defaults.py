@@ -45,10 +45,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_batch_and_thread_defaults() -> None:
     assert PredictSettings().batch_size is None  # resolved per device at run time
     assert default_batch_size("cpu") == CPU_BATCH < default_batch_size("cuda") == default_batch_size("cuda:1")
-    assert cpu_threads(2, cores=2) == 1  # never below one
-    assert cpu_threads(3, cores=16) == 13
-    assert cpu_threads(0, cores=8) == 8
+    assert cpu_threads(2, cores=2, limit=2) == 1  # never below one
+    assert cpu_threads(3, cores=16, limit=16) == 13
+    assert cpu_threads(0, cores=8, limit=8) == 8
+    assert cpu_threads(0, cores=8, limit=3) == 3  # OMP_NUM_THREADS / set_num_threads is an upper bound
     assert cpu_threads(0) >= 1
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert cpu_threads(0, cores=8) == 1  # the default limit is torch's own thread count
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cpu_run_uses_small_batches_and_restores_threads(slide: Path, checkpoint: Path, tmp_path: Path) -> None:

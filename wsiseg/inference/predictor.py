@@ -85,18 +85,22 @@ def default_batch_size(device: str) -> int:
     return GPU_BATCH if device.startswith("cuda") else CPU_BATCH
 
 
-def cpu_threads(workers: int, cores: int | None = None) -> int:
+def cpu_threads(workers: int, cores: int | None = None, limit: int | None = None) -> int:
     """Torch threads for a CPU forward pass beside ``workers`` reader processes: the cores they leave, at least 1.
 
     More threads than free cores make OpenMP spin against the readers (2.5x fewer windows per CPU-second
-    with 2 threads and 2 readers on 2 cores than with 1 thread, ``benchmarks/RESULTS.md``).
+    with 2 threads and 2 readers on 2 cores than with 1 thread, ``benchmarks/RESULTS.md``). Never more than
+    ``limit`` (default: torch's current thread count, which follows ``OMP_NUM_THREADS`` and
+    ``torch.set_num_threads``), so a process told to use fewer threads keeps to them.
 
-    >>> cpu_threads(2, cores=2), cpu_threads(2, cores=16), cpu_threads(0, cores=4)
-    (1, 14, 4)
+    >>> cpu_threads(2, cores=2, limit=2), cpu_threads(2, cores=16, limit=16), cpu_threads(0, cores=4, limit=1)
+    (1, 14, 1)
     """
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - workers)
+    if limit is None:
+        limit = torch.get_num_threads()
+    return max(1, min(limit, cores - workers))
 
 
 @contextmanager
