@@ -78,17 +78,14 @@ def predict_cohort(
 
 
 def _cohort_table(out_dir: Path, failures: dict[str, tuple[int, str]]) -> None:
-    """Write the cohort table and report (``wsiseg.export.cohort``) when that part of wsiseg is installed."""
+    """Write the cohort table and report (``wsiseg.export.cohort``); a failure there is a warning."""
     from rich.markup import escape
 
     from wsiseg.cli._console import console
     from wsiseg.errors import WsisegError
+    from wsiseg.export.cohort import build_cohort_table, write_cohort_table
+    from wsiseg.export.cohort_report import write_cohort_report
 
-    try:
-        from wsiseg.export.cohort import build_cohort_table, write_cohort_table  # type: ignore[import-not-found]
-        from wsiseg.export.cohort_report import write_cohort_report  # type: ignore[import-not-found]
-    except ImportError:
-        return
     try:
         rows = build_cohort_table(out_dir, failures=failures)
         files = [*write_cohort_table(rows, out_dir), write_cohort_report(rows, out_dir)]
