@@ -4,7 +4,8 @@
 #   bash benchmarks/gpu_suite.sh [RESULTS_FILE]
 #
 # Runs, each under its own time limit so one hang cannot eat the lease:
-#   1. pytest -m gpu (tests/gpu: bf16 training learns, CUDA prediction agrees with CPU, a central-DP round)
+#   1. pytest -m gpu (tests/gpu: bf16 training learns, CUDA prediction agrees with CPU, a central-DP round;
+#      tests/slide/test_jpeg_batch.py: nvJPEG strip decoding against imagecodecs, predict --gpu-decode)
 #   2. bench_train --gpu-only (DHUnet and dhunet_tiny img/s, bf16 + channels_last, loader vs in-memory)
 #   3. bench_models --gpu-only (fwd / fwd+bwd img/s, fp32, bf16, channels_last, compile; batch 24 and 64)
 #   4. bench_predict --gpu (DHUnet windows/s through predict_to_tiff on a virtual slide)
@@ -49,7 +50,7 @@ step() {  # step NAME SECONDS COMMAND...
   echo "- $name: exit $rc in $((SECONDS - t0)) s (limit $limit s)" >>"$RES"
   [ $rc -eq 0 ] || status=1
 }
-step "pytest -m gpu" 120 $PY -m pytest -q -p no:cacheprovider -m gpu tests/gpu
+step "pytest -m gpu" 150 $PY -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu tests/slide/test_jpeg_batch.py
 step "bench_train --gpu-only" 100 $PY benchmarks/bench_train.py --gpu-only --work "$WORK" --out "$RES"
 step "bench_models --gpu-only" 90 $PY benchmarks/bench_models.py --gpu-only --models dhunet dhunet_tiny unet \
   --iters 5 --out "$RES"

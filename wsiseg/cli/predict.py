@@ -52,6 +52,9 @@ def predict(
     strips: Annotated[
         bool, typer.Option(help="Read tiled TIFF/SVS in strips, each stored tile decoded once (off: per window).")
     ] = True,
+    gpu_decode: Annotated[
+        bool, typer.Option(help="On CUDA, decode JPEG tiles on the GPU (nvJPEG); else, or if unsupported, CPU.")
+    ] = False,
 ) -> None:
     """Segment whole slides into tumor / stroma / normal with a trained checkpoint."""
     from rich.markup import escape
@@ -110,7 +113,7 @@ def predict(
         msg = f"no slides found in {' '.join(slides)}"
         raise DataError(msg)
     single = len(sources) == 1 and out.suffix.lower() in {".tif", ".tiff"}
-    settings = PredictSettings(batch_size=batch_size, workers=workers, device=dev, strips=strips,
+    settings = PredictSettings(batch_size=batch_size, workers=workers, device=dev, strips=strips, gpu_decode=gpu_decode,
                                min_tissue=tiling.min_tissue if min_tissue is None else min_tissue)  # fmt: skip
     jobs = plan_jobs(sources, out, single=single, tiling=tiling, classes=classes, settings=settings, backend=backend,
                      slide_mpp=slide_mpp, ome=ome, probs=probs, provenance=checkpoint_provenance(ckpt))  # fmt: skip

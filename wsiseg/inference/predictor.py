@@ -6,11 +6,12 @@ format; ``wsiseg.export.slide_mask`` connects it to the pyramidal mask TIFF.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from wsiseg.inference.stitching import BandStitcher, RowSink, StitchGeometry, st
 from wsiseg.slide import Slide
 from wsiseg.tiling.geometry import TilingConfig
 from wsiseg.tiling.plan import plan_windows
-from wsiseg.tiling.window import plan_reads
+from wsiseg.tiling.window import ReadPlan, plan_reads
 
 __all__ = [
     "CPU_BATCH",
@@ -54,6 +55,9 @@ class PredictSettings:
             (False: one ``read_region`` per window; same pixels, see ``wsiseg.slide.strips``).
         threads: torch threads for a CPU forward pass (None: :func:`cpu_threads`, the cores the reader
             processes leave free; the previous setting is restored afterwards).
+        gpu_decode: On CUDA, decode the level's stored JPEG tiles on the device (nvJPEG through
+            ``torchvision.io.decode_jpeg``, one batch per strip) while reading in the main process; the
+            CPU path is kept, with one log line saying why, for other devices, codecs and colour spaces.
     """
 
     batch_size: int | None = None
@@ -65,7 +69,10 @@ class PredictSettings:
     min_tissue: float = 0.1
     strips: bool = True
     threads: int | None = None
+    gpu_decode: bool = False
 
+
+_log = logging.getLogger(__name__)
 
 #: Default windows per forward pass on CUDA and on CPU.
 GPU_BATCH, CPU_BATCH = 16, 2
@@ -176,16 +183,32 @@ def run_prediction(
     stitcher = BandStitcher(geo.width, geo.height, geo.window, geo.stride, num_classes, sink,
                             emit_probs=settings.emit_probs)  # fmt: skip
     reads = plan_reads(slide, plan.level, strips=settings.strips)
+    workers = settings.workers
+    if settings.gpu_decode:
+        reads = _gpu_decode_plan(reads, settings.device)
+        workers = 0 if reads.decoder == "cuda" else workers  # CUDA is not usable in DataLoader workers
     ds = WindowDataset(slide, plan.origins, plan.level, plan.read_size, tiling.size, tiling.resize, reads)
     cuda = settings.device.startswith("cuda")
     batch = settings.batch_size or default_batch_size(settings.device)
-    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=settings.workers, pin_memory=cuda,
+    loader = DataLoader(ds, batch_size=batch, shuffle=False, num_workers=workers, pin_memory=cuda,
                         persistent_workers=False)  # fmt: skip
     model.eval()
     threads = None if cuda else (settings.threads or cpu_threads(settings.workers))
     with _torch_threads(threads):
         done, seconds = _predict_windows(model, loader, plan, stitcher, settings, progress)
     return {"windows": float(done), "seconds": seconds, "windows_per_s": done / seconds if seconds else 0.0}
+
+
+def _gpu_decode_plan(reads: ReadPlan, device: str) -> ReadPlan:
+    """``reads`` with the CUDA JPEG decoder when the device and the level allow it; logs the choice once."""
+    from wsiseg.slide.jpeg_batch import choose_decoder
+
+    if not device.startswith("cuda"):
+        decoder, message = "cpu", f"JPEG decoding: the device is {device}, not CUDA; falling back to the CPU path"
+    else:
+        decoder, message = choose_decoder(reads.layout if reads.layout is not None else reads.reason, "cuda")
+    (_log.info if decoder == "cuda" else _log.warning)("%s", message)
+    return replace(reads, decoder=decoder)
 
 
 def _predict_windows(

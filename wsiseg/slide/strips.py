@@ -62,6 +62,9 @@ class TileLayout:
         downsample: The slide's downsample of the level (level-0 px per level px).
         subpixel: True for openslide's bilinear placement of fractional origins, False to truncate (tiffslide).
         codec: Compression name, for messages.
+        compression: TIFF compression code (7 = JPEG), for :func:`~wsiseg.slide.jpeg_batch.gpu_decode_problem`.
+        photometric: TIFF photometric (1 grey, 2 RGB, 6 YCbCr).
+        subsampling: tifffile's ``(h, v)`` YCbCr chroma subsampling, None when it reports none.
     """
 
     path: str
@@ -75,6 +78,9 @@ class TileLayout:
     downsample: float
     subpixel: bool
     codec: str
+    compression: int = 0
+    photometric: int = 2
+    subsampling: tuple[int, int] | None = None
 
     @property
     def tiles_across(self) -> int:
@@ -130,11 +136,14 @@ def tile_layout(slide: Slide, level: int) -> TileLayout | str:
             if not _decodes(tif, page):
                 return f"level {level}: {codec} tiles do not decode here (codec missing)"
             tile_w, tile_h = int(page.tilewidth), int(page.tilelength)
+            compression, photometric = int(page.compression), int(page.photometric)
+            sub = page.subsampling
+            subsampling = (int(sub[0]), int(sub[1])) if sub else None
     except Exception as err:  # any tifffile failure means: use the backend
         return f"tifffile cannot read it ({type(err).__name__}: {err})"
     return TileLayout(
         str(slide.path), series, index, level, width, height, tile_w, tile_h,
-        float(slide.level_downsamples[level]), backend == "openslide", codec,
+        float(slide.level_downsamples[level]), backend == "openslide", codec, compression, photometric, subsampling,
     )  # fmt: skip
 
 
@@ -198,16 +207,38 @@ class StripReader:
         origins: Level-0 ``(x, y)`` window origins, in the order windows will be read.
         read_size: Window side in pixels of the level.
         max_tiles: Most decoded tiles kept (default: two strips of the plan).
+        decoder: ``"cpu"`` (default): imagecodecs, one call per tile. ``"torch-cpu"`` / ``"cuda"``: on a miss,
+            every tile of the missing tiles' rows that a window at or after the current one still needs is
+            decoded in one ``torchvision.io.decode_jpeg`` batch (:mod:`wsiseg.slide.jpeg_batch`); check the
+            layout with :func:`~wsiseg.slide.jpeg_batch.choose_decoder` first. Batches assume one process
+            reads the plan in order (the main process), not DataLoader workers sharing it.
 
     Attributes:
         decodes: Tiles decoded so far by this process (the count the tests and benchmarks report).
         reads: Windows returned so far.
         peak_tiles: Most decoded tiles held at once.
+        batches: ``decode_jpeg`` calls made (batch decoders only).
     """
 
     def __init__(
-        self, layout: TileLayout, origins: Sequence[tuple[int, int]], read_size: int, *, max_tiles: int | None = None
+        self,
+        layout: TileLayout,
+        origins: Sequence[tuple[int, int]],
+        read_size: int,
+        *,
+        max_tiles: int | None = None,
+        decoder: str = "cpu",
     ) -> None:
+        from wsiseg.slide.jpeg_batch import DECODERS, gpu_decode_problem
+
+        if decoder not in DECODERS:
+            msg = f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}"
+            raise ValueError(msg)
+        problem = None if decoder == "cpu" else gpu_decode_problem(layout, "cuda" if decoder == "cuda" else "cpu")
+        if problem:
+            msg = f"decoder {decoder!r} cannot read {layout.describe()}: {problem}"
+            raise ValueError(msg)
+        self.decoder = decoder
         if read_size <= 0:
             msg = f"read_size must be positive, got {read_size}"
             raise ValueError(msg)
@@ -227,6 +258,7 @@ class StripReader:
         self.decodes = 0
         self.reads = 0
         self.peak_tiles = 0
+        self.batches = 0
 
     # -- geometry ------------------------------------------------------------------------------
 
@@ -299,6 +331,47 @@ class StripReader:
             tile = np.repeat(tile, 3, axis=2)
         return np.ascontiguousarray(tile[..., :3])
 
+    def _decode_rows(self, index: int, missing: list[tuple[int, int]]) -> None:
+        """Batch-decode the tiles of ``missing``'s rows still needed at or after window ``index`` into the cache."""
+        from wsiseg.slide.jpeg_batch import decode_batch, jpeg_stream
+
+        tif, _, offsets, counts, tables = self._open()
+        across, last = self.layout.tiles_across, self._last_use
+        keys = list(missing)
+        for row in sorted({r for _, r in missing}):
+            keys += [(c, row) for c in range(across) if last.get((c, row), -1) >= index and (c, row) not in keys]
+        keys = [k for k in keys if k not in self._cache]
+        stored, streams = [], []
+        rgb = self.layout.photometric == 2
+        try:
+            for col, row in keys:
+                i = row * across + col
+                if i >= len(offsets) or counts[i] == 0:
+                    self._cache[(col, row)] = None
+                    continue
+                tif.filehandle.seek(offsets[i])
+                streams.append(jpeg_stream(tif.filehandle.read(counts[i]), tables, rgb=rgb))
+                stored.append((col, row))
+            device = "cuda" if self.decoder == "cuda" else "cpu"
+            tiles = decode_batch(streams, device)
+        except Exception as err:
+            msg = (
+                f"batch-decoding {len(streams)} tiles of level {self.layout.level} of {self.layout.path} on "
+                f"{self.decoder} failed ({type(err).__name__}: {err}); decoder='cpu' reads them one by one"
+            )
+            raise SlideError(msg) from err
+        shape = (self.layout.tile_height, self.layout.tile_width, 3)
+        for key, tile in zip(stored, tiles, strict=True):
+            if tile.shape != shape:
+                msg = f"tile {key} of {self.layout.path} decoded to {tile.shape}, expected {shape}"
+                raise SlideError(msg)
+            self._cache[key] = tile
+        self.decodes += len(stored)
+        self.batches += 1
+        while len(self._cache) > self.max_tiles:
+            self._cache.popitem(last=False)
+        self.peak_tiles = max(self.peak_tiles, len(self._cache))
+
     def _tile(self, key: tuple[int, int]) -> RGBArray | None:
         """A decoded tile from the cache, decoding (and evicting the oldest past ``max_tiles``) on a miss."""
         if key in self._cache:
@@ -334,6 +407,10 @@ class StripReader:
         x0, y0, side, wx, wy = span
         lay = self.layout
         out = np.full((side, side, 3), 255, dtype=np.uint8)
+        if self.decoder != "cpu":
+            missing = [k for k in self._tiles_of(span) if k not in self._cache]
+            if missing:
+                self._decode_rows(index, missing)
         for col, row in self._tiles_of(span):
             tile = self._tile((col, row))
             if tile is None:

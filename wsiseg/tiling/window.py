@@ -65,10 +65,13 @@ class ReadPlan:
     Attributes:
         layout: The level's tile layout, or None for per-window reads.
         reason: Why per-window reads were chosen (``""`` for strips).
+        decoder: The strip reader's tile decoder (``"cpu"``: imagecodecs; ``"torch-cpu"`` / ``"cuda"``:
+            ``decode_jpeg`` batches, see :mod:`wsiseg.slide.jpeg_batch`).
     """
 
     layout: TileLayout | None
     reason: str = ""
+    decoder: str = "cpu"
 
     @property
     def mode(self) -> str:
@@ -138,7 +141,9 @@ class WindowReader:
         self.level, self.read_size, self.size, self.resize = level, read_size, size, resize
         self.plan = plan if plan is not None else plan_reads(slide, level)
         layout = self.plan.layout
-        self.strips = None if layout is None else StripReader(layout, self.origins, read_size)
+        self.strips = (
+            None if layout is None else StripReader(layout, self.origins, read_size, decoder=self.plan.decoder)
+        )
 
     @property
     def mode(self) -> str:
