@@ -22,7 +22,7 @@ import numpy as np
 from wsiseg.slide.protocol import RGBArray
 
 if TYPE_CHECKING:
-    from wsiseg.slide.strips import TileLayout
+    from wsiseg.slide.tile_layout import TileLayout
 
 __all__ = ["DECODERS", "choose_decoder", "decode_batch", "gpu_decode_problem", "jpeg_stream"]
 
@@ -50,7 +50,7 @@ def gpu_decode_problem(layout: TileLayout, device: str = "cuda") -> str | None:
     - YCbCr subsampling other than 4:4:4, 4:2:2, 4:2:0, 4:4:0 (nvJPEG's hardware paths) on CUDA.
 
     Args:
-        layout: The level's tiles (from :func:`~wsiseg.slide.strips.tile_layout`).
+        layout: The level's tiles (from :func:`~wsiseg.slide.tile_layout.tile_layout`).
         device: ``"cuda"`` (nvJPEG) or ``"cpu"`` (torchvision's libjpeg-turbo).
 
     Returns:
@@ -73,7 +73,7 @@ def choose_decoder(layout: TileLayout | str, want: str) -> tuple[str, str]:
     """The StripReader decoder to use for ``want`` and the one line to print about the choice.
 
     Args:
-        layout: The level's layout, or :func:`~wsiseg.slide.strips.tile_layout`'s reason it has none.
+        layout: The level's layout, or :func:`~wsiseg.slide.tile_layout.tile_layout`'s reason it has none.
         want: ``"cuda"``, ``"torch-cpu"`` or ``"cpu"``.
 
     Returns:
