@@ -50,7 +50,7 @@ step() {  # step NAME SECONDS COMMAND...
   echo "- $name: exit $rc in $((SECONDS - t0)) s (limit $limit s)" >>"$RES"
   [ $rc -eq 0 ] || status=1
 }
-step "pytest -m gpu" 150 $PY -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu tests/slide/test_jpeg_batch.py
+step "pytest -m gpu" 150 $PY -m pytest -q -s -p no:cacheprovider -m gpu tests/gpu tests/slide/test_jpeg_batch.py tests/audit/test_cli_audit.py
 step "bench_train --gpu-only" 100 $PY benchmarks/bench_train.py --gpu-only --work "$WORK" --out "$RES"
 step "bench_models --gpu-only" 90 $PY benchmarks/bench_models.py --gpu-only --models dhunet dhunet_tiny unet \
   --iters 5 --out "$RES"

@@ -92,3 +92,24 @@ def test_mechanism_the_attack_does_not_model(tiles32: Path, tmp_path: Path, fed:
     assert code == 8
     assert needle in text
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.gpu
+def test_invert_on_cuda_matches_the_cpu_release(tiles32: Path, tmp_path: Path) -> None:
+    """DHUnet-family attack on the GPU: same outputs as on the CPU, clipping still changes nothing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    scores = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        code, text = _run("audit", "invert", "--quick", "--tiles", tiles32, "--out", out, "--iterations", 20,
+                          "--sigma", 1.0, "--dpsgd-steps", 100, "--noise-seed", 5, "--device", device)  # fmt: skip
+        assert code == 0, text
+        assert f"on {device}" in text
+        rows = list(csv.DictReader((out / "invert.csv").open(encoding="utf-8")))
+        scores[device] = {r["condition"]: float(r["psnr"]) for r in rows}
+        raw, clipped = (float(r["psnr"]) for r in rows[:2])
+        assert raw == pytest.approx(clipped, abs=0.05)
+    assert scores["cuda"]["raw update"] == pytest.approx(scores["cpu"]["raw update"], abs=1.0)  # float noise only

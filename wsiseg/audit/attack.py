@@ -139,7 +139,7 @@ def run_attacks(
             psnr, ssim = image_scores(recon, truth)
             row = AttackRow(sc.name, cond.label, cond.kind, sc.batch, sc.recipe.steps, psnr, ssim,
                             rel.noise_to_signal if rel.noise_norm > 0 else 0.0, cond.epsilon, cond.plan,
-                            rec.loss, mean_psnr, mean_ssim, rand_psnr, rand_ssim, images=recon)  # fmt: skip
+                            rec.loss, mean_psnr, mean_ssim, rand_psnr, rand_ssim, images=recon.cpu())  # fmt: skip
             rows.append(row)
             if on_done is not None:
                 on_done(row)

@@ -169,7 +169,7 @@ def invert_update(
         The best reconstruction over the restarts.
     """
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad and n in observed}
-    target = {n: observed[n].detach().to(params[n].dtype) for n in params}
+    target = {n: observed[n].detach().to(params[n].device, params[n].dtype) for n in params}
     b, h, w = masks.shape
     gen = torch.Generator().manual_seed(cfg.seed)
     best: Reconstruction | None = None

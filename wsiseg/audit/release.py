@@ -161,6 +161,6 @@ def release(
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """ImageNet-normalised images back to [0, 1] pixels."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images * std + mean).clamp(0.0, 1.0)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from wsiseg.cli import _options as o
 from wsiseg.cli._console import console
 
 __all__ = ["QUICK_ITERATIONS", "audit_invert"]
@@ -35,6 +36,7 @@ def audit_invert(
     quick: Annotated[bool, typer.Option(help="Minutes on 2 CPUs: worst case only, fewer iterations.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the tile choice and the attack's starts.")] = 0,
     noise_seed: Annotated[int | None, typer.Option(help="Seed the site's noise (logged); default OS entropy.")] = None,
+    device: o.DeviceOpt = "auto",
 ) -> None:
     """Invert one site's update (Inverting Gradients) under each protection and score it against baselines.
 
@@ -60,6 +62,7 @@ def audit_invert(
     from wsiseg.audit.invert import AttackConfig
     from wsiseg.audit.release import to_pixels
     from wsiseg.audit.report import epsilon_text, write_invert
+    from wsiseg.config import resolve_device
     from wsiseg.errors import ConfigError
     from wsiseg.train.loop import make_loss
 
@@ -90,18 +93,21 @@ def audit_invert(
                           seed=seed)  # fmt: skip
     out = out or ((run / "audit") if run is not None else Path("audit"))
     noise_rng = np.random.default_rng(noise_seed)
-    console.print(f"attacking {len(conds)} protection(s) x {len(scenarios)} scenario(s) of {escape(am.source)}; "
+    dev = resolve_device(device)
+    console.print(f"attacking {len(conds)} protection(s) x {len(scenarios)} scenario(s) of {escape(am.source)} on "
+                  f"{dev}; "
                   f"noise from {'seed ' + str(noise_seed) if noise_seed is not None else 'OS entropy'}",
                   highlight=False)  # fmt: skip
-    am.model.train()
+    am.model.to(dev).train()
     loss_fn = make_loss(am.model, am.num_classes)
+    to_dev = [t.to(dev) for t in (targets.images, targets.masks, targets.mean_colour, targets.random_other)]
 
     def done(r: AttackRow) -> None:
         console.print(f"  {escape(r.scenario)} | {escape(r.condition)}: PSNR {r.psnr:.2f} dB, SSIM {r.ssim:.3f}",
                       highlight=False)  # fmt: skip
 
-    rows = run_attacks(am.model, loss_fn, (targets.images, targets.masks), (targets.mean_colour, targets.random_other),
-                       scenarios, conds, attack, noise_rng, on_done=done)  # fmt: skip
+    rows = run_attacks(am.model, loss_fn, (to_dev[0], to_dev[1]), (to_dev[2], to_dev[3]), scenarios, conds, attack,
+                       noise_rng, on_done=done)  # fmt: skip
     title = (f"Gradient inversion of {am.source}, tiles {tiles} ({size} px), labels {labels}, "
              f"{attack.iterations} iterations x {attack.restarts} start(s)")  # fmt: skip
     meta = {"title": title, "model": am.source, "tiles": str(tiles), "targets": targets.names, "labels": labels,
