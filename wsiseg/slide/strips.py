@@ -183,10 +183,10 @@ class StripReader:
 
         tif, _, offsets, counts, tables = self._open()
         across, last = self.layout.tiles_across, self._last_use
-        keys = list(missing)
+        wanted = dict.fromkeys(missing)  # ordered set: the missing tiles, then the rest of their rows still needed
         for row in sorted({r for _, r in missing}):
-            keys += [(c, row) for c in range(across) if last.get((c, row), -1) >= index and (c, row) not in keys]
-        keys = [k for k in keys if k not in self._cache]
+            wanted.update(dict.fromkeys((c, row) for c in range(across) if last.get((c, row), -1) >= index))
+        keys = [k for k in wanted if k not in self._cache]
         stored, streams = [], []
         rgb = self.layout.photometric == 2
         try:

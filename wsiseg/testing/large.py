@@ -25,6 +25,7 @@ from PIL import Image
 
 from wsiseg.errors import ConfigError
 from wsiseg.testing._texture import build_scene, label_mask, render_scene
+from wsiseg.testing.synthetic import _describe
 
 __all__ = ["make_large_slide"]
 
@@ -148,18 +149,17 @@ def make_large_slide(
         for i, ds in enumerate(levels):
             w, h = -(-width // ds), -(-height // ds)
             cols, rows = -(-w // tile), -(-h // tile)
-            dims = f"{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) JPEG/RGB Q={quality} "
-            if ds > 1:
-                dims = f"{width}x{height} -> {w}x{h} - "
-            desc = f"Aperio Image Library v12.0.15 \r\n{dims}|{tail}"
+            head = f"({tile}x{tile}) JPEG/RGB Q={quality}"
+            desc = _describe(width, height, tail, head=head) if ds == 1 else _describe(width, height, tail, size=(w, h))
             if ds < _RENDERED:
                 data: Any = _level_tiles(grid, ds, cols, rows, codes)
                 tw.write(data, shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), description=desc, **jpeg, **opts)
             else:
                 tw.write(_render_level(grid, images, ds, w, h), tile=(tile, tile), description=desc, **jpeg, **opts)
             if i == 0:
-                thumb = f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> thumbnail - |{tail}"
-                tw.write(_thumbnail(grid, width, height), rowsperstrip=16, description=thumb, **jpeg, **opts)
+                thumb = _thumbnail(grid, width, height)
+                desc = _describe(width, height, tail, size=(thumb.shape[1], thumb.shape[0]))
+                tw.write(thumb, rowsperstrip=16, description=desc, **jpeg, **opts)
     return path
 
 
