@@ -12,12 +12,15 @@ import torch
 from typer.testing import CliRunner
 
 from wsiseg.cli import app
+from wsiseg.data.dataset import load_sources, load_tile
 from wsiseg.errors import ConfigError, DataError, PrivacyError
 from wsiseg.federated.config import FedConfig
-from wsiseg.federated.rounds import run_federated
+from wsiseg.federated.rounds import FedResult, run_federated
+from wsiseg.train.baselines import BASELINE_NAMES
 from wsiseg.train.checkpoint import load_checkpoint
 
 TINY = {"model": "dhunet_tiny", "model_args": {"img_size": 64}}
+TINY_FLAGS = ["--model", "dhunet_tiny", "--img-size", "64"]
 
 
 def _cfg(tiles: Path, **kw: object) -> FedConfig:
@@ -38,6 +41,43 @@ def test_plain_fl_learns_above_chance(tiles64: Path, tmp_path: Path) -> None:
     card = json.loads((res.run_dir / "checkpoints" / "final.json").read_text())
     assert card["privacy"]["dp"] == "none"
     assert card["roster"] == ["client0", "client1"]
+    _check_baselines(res, tiles64)
+
+
+def _check_baselines(res: FedResult, tiles: Path) -> None:
+    """The baselines are fitted on every site's training slides and scored on the model's held-out tiles."""
+    split = json.loads((res.run_dir / "split.json").read_text())["clients"]
+    train_ids = [s for c in split for s in c["train_slides"]]
+    heldout = [s for c in split for s in c["heldout_slides"]]
+    source = load_sources([tiles])
+    pixels = np.zeros(len(source.classes), dtype=np.int64)
+    for root, rec in source.subset(train_ids).records:
+        mask = load_tile(root, rec)[1]
+        assert mask is not None
+        pixels += np.bincount(np.asarray(mask).reshape(-1), minlength=len(pixels))[: len(pixels)]
+    majority = int(np.argmax(pixels[1:])) + 1  # most frequent tissue class of the pooled training slides
+    assert res.final_report is not None
+    assert set(res.baselines) == set(BASELINE_NAMES)
+    for rep in res.baselines.values():
+        assert rep.num_slides == res.final_report.num_slides == len(heldout)
+        assert rep.num_pixels == res.final_report.num_pixels
+    cmm = res.baselines["majority class"].confusion_metrics
+    assert cmm["dice"][majority] > 0
+    assert all(cmm["dice"][c] == 0 for c in cmm["present_classes"] if c != majority)
+    saved = json.loads((res.run_dir / "metrics.json").read_text())["baselines"]
+    assert saved["majority class"]["mean_dice"] == pytest.approx(res.baselines["majority class"].mean_dice)
+
+
+def test_fed_train_prints_the_model_beside_the_baselines(tiles64: Path, tmp_path: Path) -> None:
+    args = ["fed-train", "--data", str(tiles64), "--clients", "2", "--partition", "by-site", "--rounds", "1",
+            "--local-steps", "1", "--dp", "none", "--runs", str(tmp_path), *TINY_FLAGS]  # fmt: skip
+    res = CliRunner().invoke(app, args, terminal_width=200)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "majority class" in text
+    assert "colour rule" in text
+    assert "baselines fitted on the training slides of all sites pooled" in text
+    assert "beats the best baseline" in text or "does NOT beat" in text
 
 
 def test_central_dp_ledger_and_logs(tiles64: Path, tmp_path: Path) -> None:

@@ -121,6 +121,13 @@ def fed_train(
     console.print(f"final checkpoint: {result.run_dir / 'checkpoints' / 'final'}", highlight=False, markup=False)
 
 
+#: Where fed-train's baselines come from (printed under the score table).
+POOLED_NOTE = (
+    "held-out slides of all sites; baselines fitted on the training slides of all sites pooled, which only "
+    "this simulation can do (yardsticks, not a federated result)"
+)
+
+
 def _site_plans(cfg: Any) -> list[tuple[str, int, float, int]] | None:
     """Sample mode: each client's units, q and steps a round, from the data (None in other modes)."""
     if cfg.dp != "sample":
@@ -150,8 +157,11 @@ def _printer(cfg: Any) -> Any:
 
 def _finish(result: Any, cfg: Any) -> None:
     from wsiseg.cli._console import console
+    from wsiseg.cli._scores import show_scores
     from wsiseg.privacy.accounting import meaningful_warning
 
+    if result.final_report is not None:
+        show_scores(result.final_report, result.baselines, note=POOLED_NOTE)
     if result.stopped_early:
         console.print(f"[yellow]{escape(result.stopped_early)}[/]", highlight=False)
     final = result.final_metrics or {}

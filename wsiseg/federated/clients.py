@@ -37,6 +37,7 @@ __all__ = [
     "dp_sgd_plan",
     "global_test",
     "local_update",
+    "pooled_train",
     "trainable_state",
 ]
 
@@ -190,13 +191,23 @@ def client_split_seed(seed: int, index: int) -> int:
     return stream_seed(seed, "client-split", index)
 
 
-def global_test(clients: list[Client]) -> TileSource | None:
-    """Union of the clients' held-out slides."""
-    parts = [c.heldout for c in clients if c.heldout is not None]
+def _union(parts: list[TileSource]) -> TileSource | None:
     if not parts:
         return None
     records = tuple(r for p in parts for r in p.records)
     return TileSource(records, parts[0].classes, parts[0].config, tuple({r for p in parts for r in p.roots}))
+
+
+def global_test(clients: list[Client]) -> TileSource | None:
+    """Union of the clients' held-out slides."""
+    return _union([c.heldout for c in clients if c.heldout is not None])
+
+
+def pooled_train(clients: list[Client]) -> TileSource:
+    """Union of the clients' training slides: only the simulation holds them all (for its baselines)."""
+    pooled = _union([c.train for c in clients])
+    assert pooled is not None  # build_clients never returns an empty roster
+    return pooled
 
 
 def local_update(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from wsiseg.federated.clients import (
     dp_sgd_plan,
     global_test,
     local_update,
+    pooled_train,
 )
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.distributed import SecureSum, secure_ranges, secure_round
@@ -35,7 +36,9 @@ from wsiseg.federated.server import ServerState, calibrate_sigma, rng_state, set
 from wsiseg.federated.strategies import FedAvg
 from wsiseg.privacy.ledger import PrivacyLedger
 from wsiseg.privacy.noise import make_generator
+from wsiseg.train.baselines import evaluate_baselines, fit_baselines
 from wsiseg.train.loop import OptimConfig, evaluate
+from wsiseg.train.report import MetricReport
 from wsiseg.train.runlog import CsvLog, RunFolder
 
 __all__ = ["FedResult", "SimulatedClients", "config_clients", "local_training", "run_federated", "site_plans"]
@@ -43,13 +46,19 @@ __all__ = ["FedResult", "SimulatedClients", "config_clients", "local_training", 
 
 @dataclass
 class FedResult:
-    """Where the run went and how it ended."""
+    """Where the run went and how it ended.
+
+    ``final_report`` is the last held-out evaluation; ``baselines`` are the trivial predictors (majority
+    class, colour rule) fitted on the pooled training slides and scored on the same held-out tiles.
+    """
 
     run_dir: Path
     rounds_done: int
     epsilon: float | None
     final_metrics: dict[str, Any]
     stopped_early: str = ""
+    final_report: MetricReport | None = None
+    baselines: dict[str, MetricReport] = field(default_factory=dict)
 
 
 def local_training(cfg: FedConfig, device: str) -> LocalTraining:
@@ -211,12 +220,22 @@ def run_federated(
     loader = (DataLoader(TileDataset(test), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
               if test is not None else None)  # fmt: skip
 
+    reports: list[MetricReport] = []
+
     def held_out(rnd: int) -> dict[str, Any] | None:
         if loader is None or not (rnd % cfg.eval_every == 0 or rnd == cfg.rounds):
             return None
-        return evaluate(state.model, loader, state.classes.names, device=device, amp=cfg.amp).to_dict()
+        reports[:] = [evaluate(state.model, loader, state.classes.names, device=device, amp=cfg.amp)]
+        return reports[0].to_dict()
 
     out = run_rounds(state, transport, evaluate=held_out, on_round=on_round, stop_after=stop_after)
-    if not out.stopped_early.startswith("stopped after"):
-        folder.write_json("metrics.json", out.metrics)
-    return FedResult(run_dir, out.last_round, out.epsilon, out.metrics, out.stopped_early)
+    if out.stopped_early.startswith("stopped after"):
+        return FedResult(run_dir, out.last_round, out.epsilon, out.metrics, out.stopped_early)
+    baselines: dict[str, MetricReport] = {}
+    if test is not None and out.metrics:
+        # Yardsticks only: the simulation holds every site's slides; a real federation cannot pool them.
+        baselines = evaluate_baselines(fit_baselines(pooled_train(clients)), test)
+        out.metrics["baselines"] = {n: b.to_dict() for n, b in baselines.items()}
+    folder.write_json("metrics.json", out.metrics)
+    return FedResult(run_dir, out.last_round, out.epsilon, out.metrics, out.stopped_early,
+                     reports[0] if reports else None, baselines)  # fmt: skip
