@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from wsiseg.cli import app
 from wsiseg.cli._options import resolve_heldout
+from wsiseg.cli._scores import verdict
 from wsiseg.data.dataset import load_sources
 from wsiseg.data.partition import explicit_split
 from wsiseg.errors import ConfigError
@@ -149,3 +150,18 @@ def test_train_prints_progress_lines_into_a_non_tty_log(tiles64: Path, tmp_path:
     assert res.exit_code == 0, res.output
     assert [f"step {n:>6}" in res.output for n in (1, 2, 3)] == [True, True, True]
     assert "held-out mean Dice" in res.output
+
+
+def test_verdict_names_what_the_model_beats() -> None:
+    base = {"majority class": 0.19, "colour rule": 0.86}
+    ok, line = verdict(0.90, base)
+    assert ok
+    assert "beats the best baseline (colour rule, 0.8600) by +0.0400" in line
+    ok, line = verdict(0.52, base)
+    assert not ok
+    assert "does NOT beat the colour rule baseline (mean Dice 0.5200 vs 0.8600)" in line
+    assert "beats only the majority class baseline" in line
+    ok, line = verdict(0.10, base)
+    assert not ok
+    assert "learned nothing that a trivial rule does not do" in line
+    assert not verdict(float("nan"), base)[0]

@@ -28,10 +28,13 @@ def verdict(model: float, baselines: Mapping[str, float]) -> tuple[bool, str]:
         return True, ""
     name, best = max(baselines.items(), key=lambda kv: -1.0 if math.isnan(kv[1]) else kv[1])
     if math.isnan(model) or model <= best:
-        return False, (
-            f"the model does NOT beat the {name} baseline (mean Dice {_f(model)} vs {_f(best)}): "
-            "it has learned nothing that a trivial rule does not do"
+        beaten = [n for n, v in baselines.items() if not math.isnan(model) and not math.isnan(v) and model > v]
+        tail = (
+            f"it beats only the {', '.join(beaten)} baseline(s), so a trivial rule still does better"
+            if beaten
+            else "it has learned nothing that a trivial rule does not do"
         )
+        return False, f"the model does NOT beat the {name} baseline (mean Dice {_f(model)} vs {_f(best)}): {tail}"
     return True, f"the model beats the best baseline ({name}, {_f(best)}) by {model - best:+.4f} mean Dice"
 
 
