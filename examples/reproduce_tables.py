@@ -4,7 +4,11 @@ Table I: paper Dice / Jaccard / Acc (%) and the confusion-matrix mean Dice over 
 truth (%) of each model trained centrally, with plain federated learning, and with FedDP (central DP,
 C = 0.5, sigma = 0.05). Table II: FedDP DHUnet over the grid C in {0.1, 0.3, 0.5} x sigma in
 {0.05, 0.15, 0.25, 0.35}. Every FedDP cell also reports the epsilon the accountant computes (the paper
-reports none). Results go to ``OUT/table1.md``, ``OUT/table2.md`` and ``OUT/results.json``.
+reports none). Every run, central or federated, holds out the same slides (``--test-fraction`` of them, drawn
+once with ``--seed``; the federated runs partition the rest among the clients), and both tables carry two
+trivial baselines scored on those held-out tiles (majority class, colour rule; fitted on the training slides),
+so a cell can be read against what no training gives. Results go to ``OUT/table1.md``, ``OUT/table2.md``,
+``OUT/split.json`` and ``OUT/results.json``.
 
 Paper scale needs a GPU (150 epochs / rounds per cell). A CPU smoke run on the generated cohort::
 
@@ -18,6 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wsiseg.data.dataset import load_sources
+from wsiseg.data.partition import split_slides
 from wsiseg.federated.config import FedConfig
 from wsiseg.federated.rounds import run_federated
 from wsiseg.train.trainer import TrainConfig, run_training
@@ -36,6 +42,11 @@ def _scores(metrics: dict[str, Any]) -> tuple[float, float, float, float]:
     return tuple(100.0 * float(v or 0.0) for v in values)  # type: ignore[return-value]
 
 
+def _baselines(metrics: dict[str, Any]) -> dict[str, tuple[float, float, float, float]]:
+    """The baselines of a run's ``metrics.json`` (same held-out tiles as its model), as :func:`_scores`."""
+    return {name: _scores(rep) for name, rep in (metrics.get("baselines") or {}).items()}
+
+
 def _model_args(name: str, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     # Training builds each model for the tiles' size (``wsiseg.models.args_for_tiles``); the tiny Swin/ViT
     # variants take only 64 px, so a tiny run needs 64 px tiles.
@@ -48,12 +59,14 @@ def table1(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
         model, extra = _model_args(name, args)
         row: dict[str, Any] = {}
         cen = run_training(TrainConfig(data=(args.data,), model=model, model_args=extra, epochs=args.epochs,
-                                       batch_size=args.batch_size, seed=args.seed), runs_root=runs)  # fmt: skip
+                                       batch_size=args.batch_size, seed=args.seed, heldout=args.heldout,
+                                       test_fraction=0.0), runs_root=runs)  # fmt: skip
         row["centralised"] = _scores(cen.final_metrics)
+        results.setdefault("baselines", _baselines(cen.final_metrics))
         for label, dp, sigma in (("fl", "none", None), ("feddp", "central", 0.05)):
             cfg = FedConfig(data=(args.data,), clients=args.clients, rounds=args.rounds, model=model, model_args=extra,
                             dp=dp, sigma=sigma, clip=0.5, batch_size=args.batch_size, seed=args.seed,
-                            local_epochs=args.local_epochs)  # fmt: skip
+                            local_epochs=args.local_epochs, heldout=args.heldout, test_fraction=0.0)  # fmt: skip
             fed = run_federated(cfg, runs_root=runs)
             row[label] = _scores(fed.final_metrics)
             if dp != "none":
@@ -70,8 +83,9 @@ def table2(args: argparse.Namespace, runs: Path) -> dict[str, Any]:
         for sigma in SIGMAS:
             cfg = FedConfig(data=(args.data,), clients=args.clients, rounds=args.rounds, model=model, model_args=extra,
                             dp="central", sigma=sigma, clip=clip, batch_size=args.batch_size, seed=args.seed,
-                            local_epochs=args.local_epochs)  # fmt: skip
+                            local_epochs=args.local_epochs, heldout=args.heldout, test_fraction=0.0)  # fmt: skip
             fed = run_federated(cfg, runs_root=runs)
+            grid.setdefault("baselines", _baselines(fed.final_metrics))
             grid[f"{clip}/{sigma}"] = {"scores": _scores(fed.final_metrics), "epsilon": fed.epsilon}
             print(clip, sigma, grid[f"{clip}/{sigma}"], flush=True)
     return grid
@@ -82,9 +96,14 @@ def render_table1(res: dict[str, Any]) -> str:
     cols = " | ".join(f"{s} paper Dice | Jaccard | Acc | mean Dice" for s in ("Centralised", "FL", "FedDP"))
     lines = [f"| Model | {cols} | FedDP epsilon |", "|---" * 14 + "|"]
     for name, row in res.items():
+        if name == "baselines":
+            continue
         cells = [f"{v:.2f}" for key in ("centralised", "fl", "feddp") for v in row[key]]
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {row.get('epsilon', float('nan')):.4g} |")
-    return "\n".join(lines) + "\n"
+    for name, scores in res.get("baselines", {}).items():
+        cells = [f"{v:.2f}" for v in scores] * 3  # no training: the same in every column
+        lines.append(f"| baseline: {name} (no training) | " + " | ".join(cells) + " | - |")
+    return "\n".join(lines) + "\n" + _HELD_NOTE
 
 
 def render_table2(grid: dict[str, Any]) -> str:
@@ -96,7 +115,21 @@ def render_table2(grid: dict[str, Any]) -> str:
             d, j, a, m = cell["scores"]
             cells.append(f"{d:.2f}/{j:.2f}/{a:.2f}, mean Dice {m:.2f} (eps {cell['epsilon']:.3g})")
         lines.append(f"| {clip} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    base = [f"{name} {s[0]:.2f}/{s[1]:.2f}/{s[2]:.2f}, mean Dice {s[3]:.2f}"
+            for name, s in grid.get("baselines", {}).items()]  # fmt: skip
+    return "\n".join(lines) + "\n\nBaselines (no training): " + "; ".join(base) + ".\n" + _HELD_NOTE
+
+
+_HELD_NOTE = (
+    "\nAll cells: the same held-out slides (OUT/split.json); paper metrics as the paper computes them, mean Dice "
+    "from the confusion matrix over the classes present in the truth; baselines fitted on the training slides.\n"
+)
+
+
+def heldout_slides(data: str, fraction: float, seed: int) -> tuple[str, ...]:
+    """The slides every run of the tables holds out: ``fraction`` of the dataset's slides, drawn with ``seed``."""
+    _, held = split_slides(load_sources([data]).slide_ids, test_fraction=fraction, seed=seed)
+    return tuple(held)
 
 
 def main() -> None:
@@ -112,9 +145,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--seed", type=int, default=301)
+    parser.add_argument("--test-fraction", type=float, default=0.3, help="slides held out by every run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.heldout = heldout_slides(args.data, args.test_fraction, args.seed)
+    (out / "split.json").write_text(json.dumps({"heldout": list(args.heldout)}, indent=2), encoding="utf-8")
     runs = out / "runs"
     results: dict[str, Any] = {}
     if args.table in ("1", "both"):
