@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,14 @@ from wsiseg.slide._common import (
     positive_float,
     to_rgb,
 )
+from wsiseg.slide._dicom_colour import ycbcr_frames_labelled_rgb, ycbcr_to_rgb
 from wsiseg.slide.protocol import RGBArray
 
 __all__ = ["OpenSlideBackend", "detect_format"]
+
+_log = logging.getLogger("wsiseg.slide")
+#: Files whose colour fix was already reported by this process (a forked reader worker inherits it).
+_REPORTED: set[str] = set()
 
 
 def detect_format(source: Path) -> str | None:
@@ -27,6 +33,9 @@ def detect_format(source: Path) -> str | None:
 
 class OpenSlideBackend:
     """An open ``openslide.OpenSlide`` handle that returns RGB composited on white.
+
+    DICOM that says RGB but holds JFIF (YCbCr) JPEG frames, as ``bfconvert`` writes it, is converted to RGB
+    after OpenSlide (``wsiseg.slide._dicom_colour``; reported once, and as the ``wsiseg.colour-fix`` property).
 
     Args:
         source: The file to open (for a DICOM-WSI folder, any ``.dcm`` file in it).
@@ -49,6 +58,12 @@ class OpenSlideBackend:
             reason = f"{vendor} file could not be opened ({err})"
             raise BackendOpenError(self.name, reason, kind="corrupt") from err
         self._properties = {str(k): str(v) for k, v in self._slide.properties.items()}
+        self._ycbcr = ycbcr_frames_labelled_rgb(self._properties, source)
+        if self._ycbcr is not None:
+            self._properties["wsiseg.colour-fix"] = "ycbcr-to-rgb"
+            if str(source) not in _REPORTED:
+                _REPORTED.add(str(source))
+                _log.warning("%s", self._ycbcr)
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -88,7 +103,9 @@ class OpenSlideBackend:
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> RGBArray:
         """Read a region; openslide's transparent pixels (outside the scan) become white."""
         image = self._slide.read_region(location, level, size)
-        return to_rgb(np.asarray(image))
+        if self._ycbcr is None:
+            return to_rgb(np.asarray(image))
+        return to_rgb(ycbcr_to_rgb(np.array(image)))  # before compositing: transparent pixels stay white
 
     def read_associated(self, name: str) -> RGBArray:
         """Read one associated image as RGB."""
