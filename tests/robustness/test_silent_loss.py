@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 from PIL import Image
 
 from wsiseg.export.maskio import read_label_mask
+from wsiseg.export.tiff import sidecar_path
 from wsiseg.testing.synthetic import make_patch_image, write_wsss4luad_palette_mask
 from wsiseg.tiling.label_images import load_label_image
 from wsiseg.tiling.manifest import load_manifest
@@ -101,3 +104,30 @@ def test_stain_check_passes_he_and_tile_notes_fluorescence(wsiseg: Callable[...,
                  "--min-tissue", "0.01")  # fmt: skip
     assert "fluorescence" in run.output.replace("\n", "")
     assert "no scanner mpp" in run.output.replace("\n", "")
+
+
+def test_predict_notes_fluorescence_and_the_cohort_table_flags_it(
+    wsiseg: Callable[..., Any], trained_run: Path, tmp_path: Path
+) -> None:
+    """Before: ``tile`` said a fluorescence scan is not H&E, ``predict`` wrote its mask without a word."""
+    fluo = tmp_path / "in" / "fluo.png"
+    _patch(tmp_path / "in" / "he.png", 5)
+    Image.fromarray(np.tile(_fluorescence(), (4, 4, 1))).save(fluo)
+    masks = tmp_path / "masks"
+    run = wsiseg("fluorescence image, predicted", "predict", tmp_path / "in", "--checkpoint",
+                 trained_run / "checkpoints" / "final", "--out", masks, "--min-tissue", "0.01")  # fmt: skip
+    assert run.exit_code == 0, run.output
+    text = " ".join(run.output.split())
+    assert "fluo.png: 9" in text  # "fluo.png: 9x% of the image is dark ..."
+    assert "fluorescence" in text
+    assert "he.png:" not in text.replace("he.png │", "")  # the H&E patch gets no note
+    fluo_meta = json.loads(sidecar_path(masks / "fluo.tif").read_text())["provenance"]
+    assert "fluorescence" in fluo_meta["stain_note"]
+    assert "stain_note" not in json.loads(sidecar_path(masks / "he.tif").read_text())["provenance"]
+    report = wsiseg("cohort table of it", "cohort-report", masks)
+    assert report.exit_code == 0, report.output
+    with (masks / "cohort.csv").open(newline="") as fh:
+        rows = {r["slide"]: r for r in csv.DictReader(fh)}
+    assert rows["fluo"]["not_he"] == "True"
+    assert "not_he" in rows["fluo"]["qc"]
+    assert rows["he"]["not_he"] == "False"

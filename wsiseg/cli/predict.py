@@ -156,6 +156,8 @@ def predict(
             elif slide_mpp is not None and res.mpp_source == "slide":
                 line = f"{src.name} records its own mpp; --slide-mpp {slide_mpp:g} was not used"
                 console.print(f"[yellow]note:[/] {escape(line)} (add --override-mpp to force it)", highlight=False)
+            if res.stain_note:
+                console.print(f"[yellow]note:[/] {escape(f'{src.name}: {res.stain_note}')}", highlight=False)
             rate = res.windows / res.seconds if res.seconds else 0.0
             table.add_row(Text(src.name), Text(str(res.mask)), f"{res.width}x{res.height}", mpp,
                           f"{res.windows}/{res.grid_windows}", f"{res.seconds:.1f}", f"{rate:.1f}")  # fmt: skip

@@ -17,7 +17,8 @@ Columns (every row has all of them; empty = unknown):
   (tumour / stroma) is here ``tumor_per_stroma``. ``tissue_share`` = tissue pixels / all mask pixels.
 - QC flags: ``mpp_assumed`` (the mpp came from ``--slide-mpp``, not from the slide), ``no_mpp`` (areas only in
   level-0 px^2), ``low_tissue`` (tissue below ``min_tissue_mm2``, or below ``min_tissue_share`` of the mask when
-  there is no mpp), ``failed``; ``qc`` lists the raised flags, ``;``-separated.
+  there is no mpp), ``not_he`` (prediction found the slide does not look like brightfield H&E: fluorescence or
+  another stain; its ``stain_note`` says why), ``failed``; ``qc`` lists the raised flags, ``;``-separated.
 - Provenance, read tolerantly by name from the mask's JSON sidecar (``provenance``, nested dicts flattened with
   ``_``) and from extra columns of the areas CSV: ``checkpoint``, ``checkpoint_id``, ``card_sha256``, ``dp``
   (mode), ``epsilon``, ``delta``, ``privacy_unit``, ``wsiseg_version`` (aliases in :data:`PROVENANCE_ALIASES`),
@@ -69,7 +70,7 @@ PROVENANCE_ALIASES: dict[str, tuple[str, ...]] = {
     "wsiseg_version": ("wsiseg_version",),
 }
 _IDENTITY = ("slide", "status", "failure", "exit_code", "mask", "overlay", "slide_path")
-_QC = ("qc", "mpp_assumed", "no_mpp", "low_tissue", "failed")
+_QC = ("qc", "mpp_assumed", "no_mpp", "low_tissue", "not_he", "failed")
 _BOOL_COLUMNS = frozenset(_QC[1:])
 _FLOAT_SUFFIXES = ("_um2", "_mm2", "_fraction", "_px_level0")
 _FLOAT_COLUMNS = frozenset({"tsr", "tumor_per_stroma", "tissue_share", "epsilon", "delta"})
@@ -272,6 +273,7 @@ def _mask_row(mask: Path, export_dir: Path, *, export_missing: bool, min_tissue_
         "mpp_assumed": note == ASSUMED_MPP_NOTE or prov.get("mpp_source") in {"assumed", "override"},
         "no_mpp": note == NO_MPP_NOTE or mm2 is None,
         "low_tissue": low,
+        "not_he": bool(prov.get("stain_note")),
         "failed": False,
     }
     row["qc"] = ";".join(k for k, v in flags.items() if v)

@@ -41,6 +41,7 @@ class SlidePrediction:
     seconds: float
     prob_maps: list[Path]
     mpp_source: str = "unknown"
+    stain_note: str = ""
 
 
 def predict_to_tiff(
@@ -90,7 +91,7 @@ def predict_to_tiff(
     geo = res.plan.geometry
     return SlidePrediction(out_path, geo.width, geo.height, res.plan.mask_mpp, len(res.plan.origins),
                            res.plan.n_grid, res.seconds, [w.path for w in opened[0].sink.probs],
-                           res.plan.mpp_source)  # fmt: skip
+                           res.plan.mpp_source, res.plan.stain_note)  # fmt: skip
 
 
 def prediction_done(target: Path, slide_path: Path, classes: ClassTable, *, probs: bool) -> bool:

@@ -136,6 +136,8 @@ class PredictPlan:
     n_grid: int
     slide_mpp: float | None
     mpp_source: str = "unknown"
+    #: Why the slide does not look like brightfield H&E (fluorescence, another stain), else "".
+    stain_note: str = ""
 
     @property
     def mask_mpp(self) -> float | None:
@@ -159,7 +161,7 @@ def plan_prediction(
         raise SlideError(msg)
     geometry = stitch_geometry(*slide.dimensions, plan.window0, plan.stride0, tiling.size)
     return PredictPlan(geometry, plan.window0, plan.stride0, plan.level, plan.read, origins, len(plan.grid),
-                       plan.mpp, plan.mpp_source)  # fmt: skip
+                       plan.mpp, plan.mpp_source, plan.stain_note)  # fmt: skip
 
 
 @torch.no_grad()

@@ -75,6 +75,8 @@ def predict_slide(
             "tiling": tiling.to_dict(), "window_level0": plan.window0, "stride_level0": plan.stride0,
             "windows_predicted": len(plan.origins), "wsiseg_version": __version__, **(provenance or {}),
         }  # fmt: skip
+        if plan.stain_note:  # kept out of H&E slides' outputs, which stay as they were
+            prov["stain_note"] = plan.stain_note
         outputs = open_outputs(plan, prov)
         try:
             stats = run_prediction(slide, model, plan, tiling, outputs, settings, progress=progress)
