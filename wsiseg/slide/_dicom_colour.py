@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
 __all__ = ["jpeg_colour_markers", "ycbcr_frames_labelled_rgb", "ycbcr_to_rgb"]
 
@@ -26,6 +27,8 @@ _JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 #: Encapsulated Pixel Data, explicit VR little endian: tag (7FE0,0010), VR OB, undefined length.
 _PIXEL_DATA = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"
 _SCAN_LIMIT = 64 * 1024 * 1024
+#: Bytes of a frame's start that hold its JPEG header (markers up to the start of scan).
+_HEADER_BYTES = 65536
 
 
 def jpeg_colour_markers(stream: bytes) -> dict[str, Any]:
@@ -63,15 +66,24 @@ def jpeg_colour_markers(stream: bytes) -> dict[str, Any]:
     return out
 
 
-def _first_frame_header(path: Path, limit: int = _SCAN_LIMIT) -> bytes | None:
-    """The first JPEG frame's header bytes of an encapsulated DICOM file (None when there is none)."""
+def _first_frame_header(path: Path, limit: int = _SCAN_LIMIT, chunk: int = 1 << 20) -> bytes | None:
+    """The first JPEG frame's header bytes of an encapsulated DICOM file (None when there is none).
+
+    Reads in ``chunk``-sized pieces and stops once the header is in hand (usually the first chunk), never past
+    ``limit`` bytes: the check runs at every open of the slide, in every reader process.
+    """
+    head = b""
     with path.open("rb") as fh:
-        head = fh.read(limit)
-    start = head.find(_PIXEL_DATA)
-    if start < 0:
-        return None
-    soi = head.find(b"\xff\xd8\xff", start + len(_PIXEL_DATA))
-    return None if soi < 0 else head[soi : soi + 65536]
+        while len(head) < limit:
+            piece = fh.read(chunk)
+            head += piece
+            start = head.find(_PIXEL_DATA)
+            soi = head.find(b"\xff\xd8\xff", start + len(_PIXEL_DATA)) if start >= 0 else -1
+            if soi >= 0 and (len(head) >= soi + _HEADER_BYTES or not piece):
+                return head[soi : soi + _HEADER_BYTES]
+            if not piece:
+                return None
+    return None
 
 
 def ycbcr_frames_labelled_rgb(properties: Mapping[str, str], source: Path) -> str | None:
@@ -110,14 +122,12 @@ def ycbcr_to_rgb(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """JFIF YCbCr -> RGB (full-range BT.601, as libjpeg decodes) of the first three channels, in place.
 
     Args:
-        pixels: ``(..., 3)`` or ``(..., 4)`` uint8 samples (a fourth channel, alpha, is left as it is).
+        pixels: ``(h, w, 3)`` or ``(h, w, 4)`` uint8 samples (a fourth channel, alpha, is left as it is).
 
     Returns:
         ``pixels``, converted.
     """
-    y = pixels[..., 0].astype(np.float32)
-    cb = pixels[..., 1].astype(np.float32) - 128.0
-    cr = pixels[..., 2].astype(np.float32) - 128.0
-    for channel, value in enumerate((y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb)):
-        pixels[..., channel] = np.clip(np.rint(value), 0, 255).astype(np.uint8)
+    height, width = pixels.shape[:2]
+    ycbcr = Image.frombytes("YCbCr", (width, height), np.ascontiguousarray(pixels[..., :3]).tobytes())
+    pixels[..., :3] = np.asarray(ycbcr.convert("RGB"))  # Pillow's libjpeg-style integer conversion
     return pixels
