@@ -23,8 +23,8 @@ def patch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("case", "args", "words"),
     [
-        ("predict --batch-size 0", ["--batch-size", "0"], "--batch-size"),
-        ("predict --workers -1", ["--workers", "-1"], "--workers"),
+        ("predict --batch-size 0", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        ("predict --workers -1", ["--workers", "-1"], "--workers must be at least 0 (0 reads in this process), got -1"),
     ],
 )
 def test_predict_values(wsiseg: Callable[..., Any], patch: Path, tmp_path: Path, case: str, args: list[str],
@@ -32,6 +32,7 @@ def test_predict_values(wsiseg: Callable[..., Any], patch: Path, tmp_path: Path,
     run = wsiseg(case, "predict", patch, "--out", tmp_path / "out", *args)
     assert run.exit_code == 2, run.output
     assert words in run.error
+    assert "None" not in run.error  # the bad value is named, not an unset default
     assert not (tmp_path / "out").exists()
 
 

@@ -82,9 +82,11 @@ def predict(
     from wsiseg.train.checkpoint import load_checkpoint
     from wsiseg.train.runlog import latest_run
 
-    if (batch_size is not None and batch_size < 1) or workers < 0:
-        msg = (f"--batch-size must be at least 1 (got {batch_size}) and --workers at least 0 "
-               f"(0 reads in this process; got {workers})")  # fmt: skip
+    if batch_size is not None and batch_size < 1:
+        msg = f"--batch-size must be at least 1, got {batch_size} (leave it out for the device's default)"
+        raise ConfigError(msg)
+    if workers < 0:
+        msg = f"--workers must be at least 0 (0 reads in this process), got {workers}"
         raise ConfigError(msg)
     if override_mpp and slide_mpp is None:
         msg = "--override-mpp needs --slide-mpp VALUE (the um/px to use instead of the slide's own)"
