@@ -1,9 +1,10 @@
 """Privacy-utility table: held-out Dice at slide-level epsilon 1, 4 and 8 against no DP and client-level DP.
 
-One generated cohort (``--slides`` synthetic slides, 1536 x 1024 px, tiled into 64 px tiles from 256 px
-windows so that every slide gives a few dozen tiles), split into ``--clients`` sites by slide; each site holds
-out ``--test-fraction`` of its slides. Every setting trains ``dhunet_tiny`` (GroupNorm) for the same
-``--rounds`` FedAvg rounds on the same tiles from the same initial weights (one seed per row group):
+One generated cohort (``--slides`` synthetic slides of ``--width`` x ``--height`` px, default 1536 x 1024, tiled
+into 64 px tiles from 256 px windows so that every slide gives a few dozen tiles), split into ``--clients``
+sites by slide; each site holds out ``--test-fraction`` of its slides. Every setting trains ``dhunet_tiny``
+(GroupNorm) for the same ``--rounds`` FedAvg rounds on the same tiles from the same initial weights (one seed
+per row group):
 
 * ``none``: no DP (local epochs of plain SGD);
 * ``central``: client-level central DP (the paper's mechanism), sigma ``--central-sigma``, clip 0.5;
@@ -41,17 +42,18 @@ from wsiseg.federated.rounds import run_federated
 TILE, WINDOW = 64, 256
 
 
-def ensure_tiles(work: Path, n_slides: int) -> Path:
-    """Generate and tile (once) the cohort: ``n_slides`` small synthetic slides, 64 px tiles."""
+def ensure_tiles(work: Path, n_slides: int, width: int = 1536, height: int = 1024) -> Path:
+    """Generate and tile (once) the cohort: ``n_slides`` small synthetic slides of ``width x height``, 64 px tiles."""
     from wsiseg.testing.synthetic import make_cohort
     from wsiseg.tiling import TilingConfig
     from wsiseg.tiling.batch import expand_sources, tile_many
     from wsiseg.tiling.manifest import MANIFEST_NAME
 
-    cohort, tiles = work / f"pu_cohort_{n_slides}", work / f"pu_tiles_{n_slides}"
+    size = "" if (width, height) == (1536, 1024) else f"_{width}x{height}"
+    cohort, tiles = work / f"pu_cohort_{n_slides}{size}", work / f"pu_tiles_{n_slides}{size}"
     if not (tiles / MANIFEST_NAME).is_file():
         if not (cohort / "cohort.csv").is_file():
-            make_cohort(cohort, n_slides=n_slides, width=1536, height=1024, seed=0)
+            make_cohort(cohort, n_slides=n_slides, width=width, height=height, seed=0)
         tile_many(expand_sources([cohort]), tiles, TilingConfig(window=WINDOW, stride=WINDOW, size=TILE), workers=1)
     return tiles
 
@@ -119,6 +121,8 @@ def main() -> None:
     """Run every setting for every seed and print (and append) the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slides", type=int, default=90)
+    ap.add_argument("--width", type=int, default=1536, help="level-0 width of each generated slide")
+    ap.add_argument("--height", type=int, default=1024, help="level-0 height of each generated slide")
     ap.add_argument("--clients", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4, help="batch (tiles, or expected slides a step in sample mode)")
@@ -137,7 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    tiles = ensure_tiles(args.work, args.slides)
+    tiles = ensure_tiles(args.work, args.slides, args.width, args.height)
     results: dict[str, list[dict[str, Any]]] = {}
     base: dict[str, list[float]] = {}
     if args.from_log:  # rebuild the table from the per-run lines of an interrupted run (complete seeds only)
@@ -160,7 +164,8 @@ def main() -> None:
             base.setdefault(name, []).append(dice)
     seeds = " ".join(map(str, args.seeds))
     lines = [
-        f"### bench_privacy_utility: {args.clients} sites, {args.slides} generated slides (64 px tiles from "
+        f"### bench_privacy_utility: {args.clients} sites, {args.slides} generated slides of {args.width} x "
+        f"{args.height} px (64 px tiles from "
         f"{WINDOW} px windows, {args.test_fraction:g} of each site's slides held out), dhunet_tiny GroupNorm, "
         f"{args.rounds} rounds, batch {args.batch}, lr {args.lr:g}, delta 1e-5, seeds {seeds}, "
         f"CPU {args.threads} threads",
